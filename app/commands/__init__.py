@@ -1,0 +1,12 @@
+"""Subcommands of the `tessera` CLI, one module per feature."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def registrars() -> list[Registrar]:
+    return []

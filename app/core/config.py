@@ -1,0 +1,193 @@
+"""Settings: the one module that reads the environment (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from limits import parse_many
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_ISSUER = "http://127.0.0.1:8001"
+DEV_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tessera"
+DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
+FORBIDDEN_ALGORITHMS = {"none", "HS256", "HS384", "HS512"}
+SUPPORTED_ALGORITHMS = {
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+}
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    database_url: str = DEV_DATABASE_URL
+    # Pool: one shared pool for every tenant; connections are recycled because each backend
+    # caches catalog entries for every schema it touched (about 40 KiB per schema).
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_recycle_seconds: int = Field(default=600, ge=1)
+    db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    # 0 behind PgBouncer in transaction mode (prepared statements do not survive there).
+    db_statement_cache_size: int = Field(default=100, ge=0)
+
+    redis_url: str = DEV_REDIS_URL
+    redis_cluster: bool = False
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
+
+    auth_issuer: str = DEV_ISSUER
+    auth_jwks_url: str | None = None
+    auth_audience: str = "tessera"
+    auth_tenant_claim: str = Field(default="tenant", min_length=1)
+    auth_admin_scope: str = Field(default="platform:admin", min_length=1)
+    auth_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "EdDSA"]
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=3600)
+    auth_jwks_timeout_seconds: float = Field(default=3.0, gt=0)
+    auth_jwks_refresh_cooldown_seconds: float = Field(default=30.0, ge=0)
+
+    rate_limit_default: str = "600/minute"
+    rate_limit_fail_open: bool = True
+
+    cache_ttl_seconds: int = Field(default=60, ge=0)
+    tenant_registry_ttl_seconds: float = Field(default=1.0, ge=0, le=1.0)
+
+    metrics_token: str | None = None
+    metrics_max_tenants: int = Field(default=1000, ge=0)
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError("must be a postgresql:// URL")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("must name a host")
+        if not parts.path.strip("/"):
+            raise ValueError("must name a database")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster"):
+            raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
+        return value
+
+    @field_validator("auth_issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one algorithm")
+        for alg in value:
+            if alg in FORBIDDEN_ALGORITHMS or alg.lower() == "none":
+                raise ValueError(f"{alg} is never accepted (only asymmetric algorithms)")
+            if alg not in SUPPORTED_ALGORITHMS:
+                raise ValueError(f"unsupported algorithm {alg!r}")
+        return value
+
+    @field_validator("rate_limit_default")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        validate_rate_limit(value)
+        return value
+
+    @model_validator(mode="after")
+    def _production_guard(self) -> Settings:
+        if self.environment == "production":
+            if self.auth_issuer == DEV_ISSUER:
+                raise ValueError("AUTH_ISSUER: production refuses the development issuer")
+            if self.database_url == DEV_DATABASE_URL:
+                raise ValueError("DATABASE_URL: production refuses the development default")
+            if self.metrics_token is not None and len(self.metrics_token) < 16:
+                raise ValueError("METRICS_TOKEN: must be at least 16 characters in production")
+        return self
+
+    @property
+    def asyncpg_database_url(self) -> str:
+        """The URL in SQLAlchemy's asyncpg dialect form."""
+        scheme, rest = self.database_url.split("://", 1)
+        return f"postgresql+asyncpg://{rest}"
+
+    @property
+    def dsn(self) -> str:
+        """The URL in libpq form, for asyncpg and psql."""
+        return "postgresql://" + self.database_url.split("://", 1)[1]
+
+
+def validate_rate_limit(value: str) -> None:
+    """Raise ValueError unless `value` is `limits` notation, several joined by `;`."""
+    try:
+        items = parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"not a rate limit in limits notation ({value!r})") from exc
+    if not items:
+        raise ValueError("empty rate limit")
+
+
+def format_settings_error(exc: ValidationError) -> str:
+    """One line naming the variable and what is wrong with it."""
+    problems = []
+    for err in exc.errors():
+        loc = "_".join(str(part) for part in err["loc"]).upper()
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc}: {message}" if loc else message)
+    return "configuration error: " + "; ".join(problems)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the environment once; a malformed value stops the process with one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(format_settings_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,251 @@
+"""Exception types and the one place that writes problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.core.context import request_id_var
+
+logger = logging.getLogger("tessera.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://tessera.dev/problems/"
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class TesseraError(Exception):
+    """A domain error: the single handler turns it into problem+json."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str | None = None
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class BadRequest(TesseraError):
+    status, code = 400, "bad_request"
+
+
+class NotAuthenticated(TesseraError):
+    status, code = 401, "not_authenticated"
+
+
+class InvalidToken(TesseraError):
+    status, code = 401, "invalid_token"
+
+
+class Forbidden(TesseraError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(TesseraError):
+    status, code = 404, "not_found"
+
+
+class Conflict(TesseraError):
+    status, code = 409, "conflict"
+
+
+class PreconditionFailed(TesseraError):
+    status, code = 412, "precondition_failed"
+
+
+class UnprocessableEntity(TesseraError):
+    status, code = 422, "validation_error"
+
+
+class RateLimited(TesseraError):
+    status, code = 429, "rate_limited"
+
+
+class ServiceUnavailable(TesseraError):
+    status, code = 503, "service_unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+
+
+def problem_body(
+    status: int, code: str, detail: str, *, title: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title or _phrase(status),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = problem_body(status, code, detail, title=title, **extra)
+    return Response(
+        content=json.dumps(body, separators=(",", ":"), default=str).encode(),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means PostgreSQL could not be reached (not a bad query)."""
+    if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        cause = getattr(orig, "__cause__", None)
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+        name = type(cause).__name__ if cause is not None else ""
+        return name in {
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "ConnectionFailureError",
+            "TooManyConnectionsError",
+            "AdminShutdownError",
+        }
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def _sanitize_loc(loc: Any) -> list[Any]:
+    return [part if isinstance(part, int | str) else str(part) for part in loc]
+
+
+async def _tessera_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TesseraError)
+    return problem_response(
+        exc.status, exc.code, exc.detail, title=exc.title, headers=exc.headers, **exc.extra
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _STATUS_CODES.get(status, _phrase(status).lower().replace(" ", "_"))
+    detail = exc.detail if isinstance(exc.detail, str) else _phrase(status)
+    if status == 404 and detail == "Not Found":
+        detail = f"No route matches {request.method} {request.url.path}."
+    elif status == 405 and detail == "Method Not Allowed":
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(status, code, detail, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    raw = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in raw):
+        return problem_response(
+            400,
+            "malformed_json",
+            "The request body is not valid JSON.",
+            errors=[{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}],
+        )
+    errors = [
+        {
+            "loc": _sanitize_loc(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in raw
+    ]
+    return problem_response(
+        422, "validation_error", "The request is not valid; see errors.", errors=errors
+    )
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> Response:
+    return unhandled_error_response(exc)
+
+
+def unhandled_error_response(exc: BaseException) -> Response:
+    """503 when the database is unreachable, else a generic 500 that names only the request id."""
+    if is_database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503,
+            "database_unavailable",
+            "The database is unavailable; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    logger.error("unhandled error", exc_info=exc)
+    return problem_response(
+        500,
+        "internal_error",
+        f"Something failed on our side. Quote request id {request_id_var.get()} to support.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(TesseraError, _tessera_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    # Database faults are answered inside the app (503); anything else unhandled is answered
+    # by the request middleware, so the response still carries X-Request-ID.
+    for exc_type in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(exc_type, _unhandled_error)

@@ -1,0 +1,68 @@
+"""Structured logs: one JSON object per line, carrying the request id and tenant of the request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from app.core.context import request_id_var, tenant_var
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event_fields"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            entry["request_id"] = request_id
+        tenant = tenant_var.get()
+        if tenant:
+            entry["tenant"] = tenant
+        fields = getattr(record, "event_fields", None)
+        if fields:
+            entry.update(fields)
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = dict(getattr(record, "event_fields", None) or {})
+        request_id = request_id_var.get()
+        if request_id:
+            fields["request_id"] = request_id
+        tenant = tenant_var.get()
+        if tenant:
+            fields["tenant"] = tenant
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{record.levelname:<7} {record.name}: {record.getMessage()} {extra}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_tessera", False):
+            root.removeHandler(existing)
+    handler._tessera = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn's own access log would duplicate ours.
+    logging.getLogger("uvicorn.access").disabled = True

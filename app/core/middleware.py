@@ -1,0 +1,130 @@
+"""Pure ASGI middleware: request id, body-size limit, access log, last-resort error answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.context import request_id_var, tenant_var
+from app.core.errors import problem_response, unhandled_error_response
+
+access_logger = logging.getLogger("tessera.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class PayloadTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit (FastAPI re-raises it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body exceeds {limit} bytes.")
+
+
+class RequestContextMiddleware:
+    """One pass per request for everything that wraps it; cheaper than a stack of middlewares."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _incoming_request_id(scope) or str(uuid.uuid4())
+        id_token = request_id_var.set(request_id)
+        tenant_token = tenant_var.set(None)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        limit = self.max_body_bytes
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                response = problem_response(
+                    413, "payload_too_large", f"The request body exceeds {limit} bytes."
+                )
+                await response(scope, receive, send_with_id)
+                return
+
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise PayloadTooLarge(limit)
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except Exception as exc:  # the last resort: never a trace in a body
+                if response_started:
+                    raise
+                await unhandled_error_response(exc)(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            access_logger.info(
+                "request",
+                extra={
+                    "event_fields": {
+                        "method": scope["method"],
+                        "route": getattr(route, "path", None) or "none",
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    }
+                },
+            )
+            tenant_var.reset(tenant_token)
+            request_id_var.reset(id_token)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    raw = _header(scope, b"x-request-id")
+    if raw is None:
+        return None
+    try:
+        value = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return value if _REQUEST_ID.match(value) else None
+
+
+def _content_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+__all__: list[Any] = ["RequestContextMiddleware", "PayloadTooLarge"]
