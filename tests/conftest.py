@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -13,9 +13,14 @@ import pytest
 import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.db.engine import build_engine
+from app.db.migrate import migrate_shared
+from app.db.repositories.tenants import TenantRecord
 from app.main import create_app
+from app.services.tenants import create_tenant
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -49,11 +54,15 @@ def database_name() -> Iterator[str]:
     asyncio.run(create())
     yield name
     asyncio.run(drop())
+    asyncio.run(_drop_test_roles())
 
 
 @pytest.fixture(scope="session")
 def database_url(database_name: str) -> str:
     return with_database(SERVER_URL, database_name)
+
+
+ROLE_PREFIX = f"t{uuid.uuid4().hex[:6]}_"
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +73,47 @@ def settings(database_url: str) -> Settings:
         redis_url=REDIS_URL,
         log_level="WARNING",
         db_pool_size=5,
+        db_tenant_role_prefix=ROLE_PREFIX,
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The session database, migrated once (shared schema)."""
+    eng = build_engine(settings)
+    await migrate_shared(eng)
+    yield eng
+    await eng.dispose()
+
+
+async def _drop_test_roles() -> None:
+    # Roles are cluster-wide: drop the ones this session created (the database goes too).
+    conn = await asyncpg.connect(SERVER_URL)
+    try:
+        roles = await conn.fetch(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE $1", ROLE_PREFIX + "%"
+        )
+        for row in roles:
+            await conn.execute(f'DROP ROLE IF EXISTS "{row["rolname"]}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def unique_slug() -> Callable[[str], str]:
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture
+async def tenant(
+    engine: AsyncEngine, settings: Settings, unique_slug: Callable[[str], str]
+) -> TenantRecord:
+    """A freshly provisioned, active tenant of its own for one test."""
+    return await create_tenant(
+        engine, settings, slug=unique_slug("acme"), name="Acme", plan="pro", rate_limit=None
     )
 
 
@@ -77,7 +127,9 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(scope="session")
-async def app(settings: Settings, redis_client: aioredis.Redis) -> AsyncIterator[FastAPI]:
+async def app(
+    settings: Settings, engine: AsyncEngine, redis_client: aioredis.Redis
+) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with LifespanManager(application):
         yield application

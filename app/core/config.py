@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # 0 behind PgBouncer in transaction mode (prepared statements do not survive there).
     db_statement_cache_size: int = Field(default=100, ge=0)
 
+    # Tenant roles are cluster-wide in PostgreSQL; a prefix keeps several Tessera databases
+    # on one server (staging beside test, say) from sharing role names.
+    db_tenant_role_prefix: str = Field(default="", pattern=r"^[a-z0-9_]{0,12}$")
+
     redis_url: str = DEV_REDIS_URL
     redis_cluster: bool = False
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)

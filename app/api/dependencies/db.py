@@ -1,0 +1,37 @@
+"""Database dependencies: the engine, and a transaction pinned to the caller's tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.api.dependencies.tenant import CurrentTenant
+from app.db.tenancy import pin_tenant
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+
+
+async def get_tenant_connection(
+    request: Request, tenant: CurrentTenant
+) -> AsyncIterator[AsyncConnection]:
+    """One transaction per request, pinned to the tenant before anything else runs.
+
+    Commits when the endpoint returns, rolls back when it raises; both happen before the
+    response is sent (scope="function" below), so a failed commit is never a 2xx.
+    """
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.connect() as conn, conn.begin():
+        await pin_tenant(conn, tenant.location)
+        yield conn
+
+
+TenantConnection = Annotated[AsyncConnection, Depends(get_tenant_connection, scope="function")]

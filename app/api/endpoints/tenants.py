@@ -1,0 +1,148 @@
+"""Admin API: tenant lifecycle (scope AUTH_ADMIN_SCOPE)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from app.api.dependencies.auth import require_admin
+from app.api.dependencies.db import EngineDep
+from app.api.errors import ADMIN_ERRORS, responses
+from app.db.repositories.tenants import TenantRecord
+from app.schemas.common import Page
+from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
+from app.services import tenants as service
+from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.tenants import TenantRegistry
+
+router = APIRouter(
+    prefix="/admin/v1/tenants",
+    tags=["admin: tenants"],
+    dependencies=[Depends(require_admin)],
+    responses=responses(*ADMIN_ERRORS),
+)
+
+
+def _out(request: Request, record: TenantRecord) -> TenantOut:
+    default = request.app.state.settings.rate_limit_default
+    return TenantOut(
+        id=record.id,
+        slug=record.slug,
+        name=record.name,
+        plan=record.plan,  # type: ignore[arg-type]
+        status=record.status,  # type: ignore[arg-type]
+        rate_limit=record.rate_limit or default,
+        schema=record.schema,
+        schema_version=record.schema_version,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def _forget(request: Request, slug: str) -> None:
+    registry: TenantRegistry = request.app.state.tenant_registry
+    registry.forget(slug)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TenantOut,
+    summary="Provision a tenant: role, schema and tables at the latest migration",
+    responses=responses(409, 422),
+)
+async def create_tenant(
+    request: Request, response: Response, body: TenantCreate, engine: EngineDep
+) -> TenantOut:
+    started = time.perf_counter()
+    record = await service.create_tenant(
+        engine,
+        request.app.state.settings,
+        slug=body.slug,
+        name=body.name,
+        plan=body.plan,
+        rate_limit=body.rate_limit,
+    )
+    observe = getattr(request.app.state, "observe_provisioning", None)
+    if observe is not None:
+        observe(time.perf_counter() - started)
+    _forget(request, record.slug)
+    response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
+    return _out(request, record)
+
+
+@router.get("", response_model=Page[TenantOut], summary="List tenants, newest first")
+async def list_tenants(
+    request: Request,
+    engine: EngineDep,
+    status_: Annotated[Literal["active", "suspended"] | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Page[TenantOut]:
+    records, next_cursor = await service.list_tenants(
+        engine, limit=limit, status=status_, cursor=cursor
+    )
+    return Page[TenantOut](items=[_out(request, r) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/{slug}", response_model=TenantOut, summary="One tenant", responses=responses(404))
+async def get_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+    return _out(request, await service.get_tenant(engine, slug))
+
+
+@router.patch(
+    "/{slug}",
+    response_model=TenantOut,
+    summary="Change name, plan or rate limit (in force everywhere within 1 s)",
+    responses=responses(404, 422),
+)
+async def update_tenant(
+    request: Request, slug: str, body: TenantUpdate, engine: EngineDep
+) -> TenantOut:
+    changes = body.model_dump(exclude_unset=True)
+    record = await service.update_tenant(engine, slug, **changes)
+    _forget(request, slug)
+    return _out(request, record)
+
+
+async def _set_status(request: Request, slug: str, engine: EngineDep, new: str) -> TenantOut:
+    record = await service.update_tenant(engine, slug, status=new)
+    _forget(request, slug)
+    return _out(request, record)
+
+
+@router.post(
+    "/{slug}/suspend",
+    response_model=TenantOut,
+    summary="Suspend: the tenant's tokens get 403 within 1 s; data is kept",
+    responses=responses(404),
+)
+async def suspend_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+    return await _set_status(request, slug, engine, "suspended")
+
+
+@router.post(
+    "/{slug}/resume",
+    response_model=TenantOut,
+    summary="Resume a suspended tenant",
+    responses=responses(404),
+)
+async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+    return await _set_status(request, slug, engine, "active")
+
+
+@router.delete(
+    "/{slug}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a suspended tenant: schema, data, cache entries and role",
+    responses=responses(404, 409),
+)
+async def delete_tenant(request: Request, slug: str, engine: EngineDep) -> Response:
+    await service.delete_tenant(engine, slug)
+    _forget(request, slug)
+    purge = getattr(request.app.state, "purge_tenant_cache", None)
+    if purge is not None:
+        await purge(slug)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,57 @@
+"""OpenAPI descriptions of the problem+json answers, so every route documents its errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+_DESCRIPTIONS = {
+    304: "Not modified (If-None-Match matched the current ETag)",
+    400: "Bad request (malformed JSON or header)",
+    401: "No token, or an invalid one (`not_authenticated`, `invalid_token`)",
+    403: "Token valid but not allowed (`insufficient_scope`, `tenant_not_found`, "
+    "`tenant_suspended`)",
+    404: "Not found",
+    409: "Conflict",
+    412: "If-Match does not match the current ETag (`precondition_failed`)",
+    413: "Request body over 1 MiB (`payload_too_large`)",
+    422: "Validation error (`validation_error`, with `errors`)",
+    429: "Rate limit exceeded (`rate_limited`, with Retry-After)",
+    503: "A dependency is unavailable (`database_unavailable`, `auth_unavailable`, "
+    "`rate_limiter_unavailable`)",
+}
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error of this API is sent."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None = None
+    errors: list[ValidationErrorItem] | None = None
+
+
+AUTH_ERRORS = (401, 403, 503)
+ADMIN_ERRORS = (401, 403, 413, 422, 503)
+TENANT_ERRORS = (401, 403, 413, 422, 429, 503)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": _DESCRIPTIONS.get(status, "Error")}
+        if status != 304:
+            entry["model"] = Problem
+            entry["content"] = {"application/problem+json": {}}
+        out[status] = entry
+    return out

@@ -1,0 +1,239 @@
+"""Schema migrations: the shared `platform` schema, then every tenant schema as a fleet.
+
+Alembic's script directories are loaded once and applied through `EnvironmentContext`
+directly, so a fleet run costs one Alembic boot, not one per tenant; one registry query
+decides which tenants are behind, so a no-op run over thousands of tenants is instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, func, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.models.base import PLATFORM_SCHEMA, shared_metadata, tenant_metadata
+from app.db.models.shared import tenants
+from app.db.tenancy import pin_schema_as_owner, quote_ident
+
+logger = logging.getLogger("tessera.migrate")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+SHARED_DIR = MIGRATIONS_DIR / "shared"
+TENANT_DIR = MIGRATIONS_DIR / "tenant"
+TEMPLATE_SCHEMA = "tenant_template"
+
+
+def load_script(directory: Path) -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(directory))
+    return ScriptDirectory.from_config(config)
+
+
+def _upgrade_sync(
+    conn: Connection,
+    script: ScriptDirectory,
+    version_table_schema: str,
+    metadata: MetaData,
+) -> None:
+    """Apply every pending revision of `script` inside the connection's open transaction."""
+    head = script.get_current_head() or "base"
+    config = Config()
+    config.set_main_option("script_location", script.dir)
+
+    def upgrade(rev: Any, context: MigrationContext) -> Any:
+        return script._upgrade_revs(head, rev)  # noqa: SLF001 (Alembic's own upgrade walk)
+
+    with EnvironmentContext(config, script, fn=upgrade, destination_rev=head) as env:
+        env.configure(
+            connection=conn,
+            target_metadata=metadata,
+            version_table_schema=version_table_schema,
+        )
+        env.run_migrations()
+
+
+def _stamp_sync(conn: Connection, script: ScriptDirectory, schema: str) -> None:
+    context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
+    context.stamp(script, "head")
+
+
+async def lock(conn: AsyncConnection, name: str) -> None:
+    """A transaction-scoped advisory lock: one migrator per schema at a time."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": name})
+
+
+async def migrate_shared(engine: AsyncEngine) -> str | None:
+    """Bring the `platform` schema to head; idempotent, safe to run from many replicas."""
+    script = load_script(SHARED_DIR)
+    async with engine.begin() as conn:
+        await lock(conn, "tessera.migrate.shared")
+        await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(PLATFORM_SCHEMA)}"))
+        await conn.run_sync(_upgrade_sync, script, PLATFORM_SCHEMA, shared_metadata)
+    return script.get_current_head()
+
+
+async def upgrade_tenant_schema(
+    conn: AsyncConnection, schema: str, script: ScriptDirectory
+) -> None:
+    """Apply pending tenant revisions to one schema inside `conn`'s transaction."""
+
+    def run(sync_conn: Connection) -> None:
+        pin_schema_as_owner(sync_conn, schema)
+        _upgrade_sync(sync_conn, script, schema, tenant_metadata)
+
+    await conn.run_sync(run)
+
+
+async def stamp_tenant_schema(conn: AsyncConnection, schema: str, script: ScriptDirectory) -> None:
+    """Record head in a schema that was built from the models."""
+    await conn.run_sync(_stamp_sync, script, schema)
+
+
+@dataclass
+class FleetReport:
+    head: str | None
+    migrated: list[str] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+ProgressCallback = Callable[[int, int, str, bool], None]
+
+
+async def migrate_tenants(
+    engine: AsyncEngine,
+    *,
+    concurrency: int = 4,
+    slugs: Iterable[str] | None = None,
+    script_dir: Path = TENANT_DIR,
+    progress: ProgressCallback | None = None,
+) -> FleetReport:
+    """Upgrade every tenant that is behind head, `concurrency` at a time.
+
+    Each tenant runs in its own transaction under its own advisory lock and records its
+    `schema_version` in that transaction; a failure is reported and does not stop the
+    others, and a rerun continues with whoever is still behind.
+    """
+    script = load_script(script_dir)
+    head = script.get_current_head()
+    query = select(tenants.c.slug, tenants.c.schema, tenants.c.schema_version).where(
+        tenants.c.status != "provisioning"
+    )
+    wanted = list(slugs) if slugs is not None else None
+    if wanted is not None:
+        query = query.where(tenants.c.slug.in_(wanted))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.order_by(tenants.c.slug))).all()
+
+    report = FleetReport(head=head)
+    if wanted is not None:
+        for missing in sorted(set(wanted) - {row.slug for row in rows}):
+            report.failed[missing] = "no such tenant"
+    behind = [row for row in rows if row.schema_version != head]
+    report.current = [row.slug for row in rows if row.schema_version == head]
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    done = 0
+
+    async def one(slug: str, schema: str) -> None:
+        nonlocal done
+        async with semaphore:
+            try:
+                async with engine.begin() as conn:
+                    await lock(conn, f"tessera.migrate.{schema}")
+                    await upgrade_tenant_schema(conn, schema, script)
+                    await conn.execute(
+                        update(tenants)
+                        .where(tenants.c.slug == slug)
+                        .values(schema_version=head, updated_at=func.now())
+                    )
+                report.migrated.append(slug)
+                succeeded = True
+            except Exception as exc:  # reported per tenant; the fleet goes on
+                report.failed[slug] = _one_line(exc)
+                logger.warning("tenant migration failed", extra={"tenant": slug})
+                succeeded = False
+            done += 1
+            if progress is not None:
+                progress(done, len(behind), slug, succeeded)
+
+    await asyncio.gather(*(one(row.slug, row.schema) for row in behind))
+    report.migrated.sort()
+    return report
+
+
+async def tenants_behind(engine: AsyncEngine, script_dir: Path = TENANT_DIR) -> int:
+    head = load_script(script_dir).get_current_head()
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            select(func.count()).where(
+                tenants.c.status != "provisioning", tenants.c.schema_version.is_distinct_from(head)
+            )
+        )
+    return int(count or 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}"[:300]
+
+
+def run_cli_environment(context: Any, side: str) -> None:
+    """Alembic CLI (`alembic -c migrations/<side>/alembic.ini ...`): autogenerate and friends.
+
+    The tenant side works against one template schema, `tenant_template`.
+    """
+    from app.core.config import get_settings
+    from app.db.engine import build_engine
+
+    settings = get_settings()
+    metadata = shared_metadata if side == "shared" else tenant_metadata
+    schema = PLATFORM_SCHEMA if side == "shared" else TEMPLATE_SCHEMA
+
+    if context.is_offline_mode():
+        context.configure(
+            url=settings.asyncpg_database_url,
+            target_metadata=metadata,
+            version_table_schema=schema,
+            literal_binds=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    def run(sync_conn: Connection) -> None:
+        sync_conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+        if side == "tenant":
+            pin_schema_as_owner(sync_conn, schema)
+        context.configure(
+            connection=sync_conn,
+            target_metadata=metadata,
+            version_table_schema=schema,
+            include_schemas=side == "shared",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = build_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(run)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""SQLAlchemy Core tables: the shared `platform` schema and one tenant schema, kept apart."""

@@ -1,0 +1,39 @@
+"""Opaque keyset cursors: (created_at, id) of the last row of a page, newest first."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+
+from app.core.errors import UnprocessableEntity
+
+DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+
+
+def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
+    raw = json.dumps([at.isoformat(), str(row_id)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position a cursor names; a malformed cursor is a 422 `invalid_cursor`."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        at_text, id_text = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, uuid.UUID(id_text)
+    except (ValueError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+        raise UnprocessableEntity(
+            "The cursor is not one this API issued.",
+            code="invalid_cursor",
+            extra={
+                "errors": [
+                    {"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "invalid_cursor"}
+                ]
+            },
+        ) from exc

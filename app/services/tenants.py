@@ -1,0 +1,227 @@
+"""Tenant lifecycle: provisioning, lookup (the registry cache), changes and deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.core.config import Settings
+from app.core.errors import Conflict, NotFound
+from app.db import tenancy
+from app.db.migrate import TENANT_DIR, load_script, stamp_tenant_schema, upgrade_tenant_schema
+from app.db.repositories import tenants as repo
+from app.db.repositories.tenants import TenantRecord
+from app.db.tenancy import TenantSchema
+from app.services.pagination import decode_cursor, encode_cursor
+
+logger = logging.getLogger("tessera.tenants")
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class TenantExists(Conflict):
+    code = "tenant_exists"
+
+
+class TenantActive(Conflict):
+    code = "tenant_active"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant as the request path sees it."""
+
+    id: uuid.UUID
+    slug: str
+    name: str
+    plan: str
+    status: str
+    rate_limit: str
+    location: TenantSchema
+
+    @classmethod
+    def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
+        return cls(
+            id=record.id,
+            slug=record.slug,
+            name=record.name,
+            plan=record.plan,
+            status=record.status,
+            rate_limit=record.rate_limit or default_rate_limit,
+            location=TenantSchema(schema=record.schema, role=record.db_role),
+        )
+
+
+class TenantRegistry:
+    """Slug → tenant, from an in-process cache at most `ttl` seconds stale, then PostgreSQL.
+
+    The bound on staleness is what puts a suspend or a plan change in force on every
+    replica within a second, without a registry query on every request.
+    """
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self._engine = engine
+        self._ttl = settings.tenant_registry_ttl_seconds
+        self._default_rate_limit = settings.rate_limit_default
+        self._entries: dict[str, tuple[float, Tenant | None]] = {}
+        self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
+
+    async def get(self, slug: str) -> Tenant | None:
+        entry = self._entries.get(slug)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        inflight = self._inflight.get(slug)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[Tenant | None] = asyncio.get_running_loop().create_future()
+        self._inflight[slug] = future
+        try:
+            tenant = await self._load(slug)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed here; waiters re-raise their own copy
+            raise
+        finally:
+            self._inflight.pop(slug, None)
+        self._entries[slug] = (now + self._ttl, tenant)
+        if len(self._entries) > 100_000:  # bound memory with many tenants
+            self._entries.clear()
+        future.set_result(tenant)
+        return tenant
+
+    def forget(self, slug: str) -> None:
+        """Drop this replica's entry now (the others follow within the TTL)."""
+        self._entries.pop(slug, None)
+
+    async def _load(self, slug: str) -> Tenant | None:
+        async with self._engine.connect() as conn:
+            record = await repo.get_by_slug(conn, slug)
+        if record is None or record.status == "provisioning":
+            return None
+        return Tenant.from_record(record, self._default_rate_limit)
+
+
+# --- provisioning ---------------------------------------------------------------------
+
+ProvisioningStep = Callable[[AsyncConnection, TenantSchema], Awaitable[None]]
+
+
+async def _tables_from_models(conn: AsyncConnection, location: TenantSchema) -> None:
+    await tenancy.create_tables(conn, location)
+    await stamp_tenant_schema(conn, location.schema, load_script(TENANT_DIR))
+
+
+async def _tables_from_migrations(conn: AsyncConnection, location: TenantSchema) -> None:
+    await upgrade_tenant_schema(conn, location.schema, load_script(TENANT_DIR))
+
+
+# The steps, in order, all inside one transaction: any failure rolls every one back.
+PROVISIONING_STEPS: list[tuple[str, ProvisioningStep]] = [
+    ("create_role", tenancy.create_role),
+    ("create_schema", tenancy.create_schema),
+    ("create_tables", _tables_from_models),
+    ("grant_privileges", tenancy.grant_privileges),
+]
+
+
+async def create_tenant(
+    engine: AsyncEngine,
+    settings: Settings,
+    *,
+    slug: str,
+    name: str,
+    plan: str,
+    rate_limit: str | None,
+    from_migrations: bool = False,
+) -> TenantRecord:
+    """Provision a tenant completely, or leave nothing behind (role, schema, registry row)."""
+    location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
+    head = load_script(TENANT_DIR).get_current_head()
+    try:
+        async with engine.begin() as conn:
+            # The registry row comes first: a concurrent create of the same slug waits on
+            # the unique index and then fails cleanly with 409.
+            await repo.insert_tenant(
+                conn,
+                id=uuid.uuid4(),
+                slug=slug,
+                name=name,
+                plan=plan,
+                status="provisioning",
+                rate_limit=rate_limit,
+                schema=location.schema,
+                db_role=location.role,
+            )
+            for step_name, step in PROVISIONING_STEPS:
+                if step_name == "create_tables" and from_migrations:
+                    step = _tables_from_migrations
+                await step(conn, location)
+            record = await repo.update_tenant_any_status(
+                conn, slug, status="active", schema_version=head
+            )
+    except IntegrityError as exc:
+        if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
+            raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
+        raise
+    return record
+
+
+async def _get_or_404(
+    conn: AsyncConnection, slug: str, *, for_update: bool = False
+) -> TenantRecord:
+    record = await repo.get_by_slug(conn, slug, for_update=for_update)
+    if record is None or record.status == "provisioning":
+        raise TenantNotFound(f"No tenant with slug {slug!r}.")
+    return record
+
+
+async def get_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
+    async with engine.connect() as conn:
+        return await _get_or_404(conn, slug)
+
+
+async def list_tenants(
+    engine: AsyncEngine, *, limit: int, status: str | None, cursor: str | None
+) -> tuple[list[TenantRecord], str | None]:
+    after = decode_cursor(cursor) if cursor else None
+    async with engine.connect() as conn:
+        records = await repo.list_page(conn, limit=limit + 1, status=status, after=after)
+    next_cursor = None
+    if len(records) > limit:
+        records = records[:limit]
+        last = records[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return records, next_cursor
+
+
+async def update_tenant(engine: AsyncEngine, slug: str, **changes: object) -> TenantRecord:
+    async with engine.begin() as conn:
+        if not changes:
+            return await _get_or_404(conn, slug)
+        record = await repo.update_tenant(conn, slug, **changes)
+    if record is None:
+        raise TenantNotFound(f"No tenant with slug {slug!r}.")
+    return record
+
+
+async def delete_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
+    """Drop a suspended tenant's schema, data and role, and its registry row, atomically."""
+    async with engine.begin() as conn:
+        record = await _get_or_404(conn, slug, for_update=True)
+        if record.status != "suspended":
+            raise TenantActive(f"Tenant {slug!r} is active; suspend it before deleting it.")
+        await tenancy.drop_tenant_objects(
+            conn, TenantSchema(schema=record.schema, role=record.db_role)
+        )
+        await repo.delete_tenant(conn, slug)
+    return record
