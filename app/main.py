@@ -13,6 +13,7 @@ from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
+from app.core.security import TokenVerifier
 from app.db.engine import build_engine
 
 
@@ -24,9 +25,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = build_engine(settings)
         app.state.redis = build_redis(settings)
+        app.state.token_verifier = TokenVerifier(settings)  # fetches keys lazily, never at start
         try:
             yield
         finally:
+            await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
             await app.state.engine.dispose()
 
