@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import ExpiredTokenError, JoseError, MissingClaimError
+from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import json_b64decode
@@ -237,10 +237,10 @@ class TokenVerifier:
             self._claims_registry.validate(decoded.claims)
         except ExpiredTokenError:
             raise InvalidToken("The bearer token has expired.") from None
-        except MissingClaimError as exc:
-            raise InvalidToken(f"The bearer token is not valid ({exc.description}).") from None
         except JoseError as exc:
-            raise InvalidToken(f"The bearer token is not valid ({exc.error}).") from None
+            # joserfc's descriptions name the claim or check that failed, never a value.
+            reason = exc.description or exc.error.replace("_", " ")
+            raise InvalidToken(f"The bearer token is not valid: {reason}.") from None
         except (ValueError, TypeError):
             raise InvalidToken("The bearer token is malformed.") from None
         return self._claims_from(decoded.claims)
