@@ -9,6 +9,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def registrars() -> list[Registrar]:
-    from app.commands import tenancy
+    from app.commands import dev, tenancy
 
-    return [tenancy.register]
+    return [tenancy.register, dev.register]
