@@ -14,6 +14,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
 from app.db.engine import build_engine
+from app.services.rate_limiter import TenantRateLimiter
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,6 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = build_engine(settings)
         app.state.redis = build_redis(settings)
+        app.state.rate_limiter = TenantRateLimiter(
+            app.state.redis,
+            default_limit=settings.rate_limit_default,
+            fail_open=settings.rate_limit_fail_open,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
         try:
             yield
         finally:
