@@ -14,6 +14,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
 from app.db.engine import build_engine
+from app.services.cache import TenantCache
 from app.services.rate_limiter import TenantRateLimiter
 
 
@@ -29,6 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis,
             default_limit=settings.rate_limit_default,
             fail_open=settings.rate_limit_fail_open,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+        app.state.cache = TenantCache(
+            app.state.redis,
+            ttl_seconds=settings.cache_ttl_seconds,
             timeout_seconds=settings.redis_timeout_seconds,
         )
         try:

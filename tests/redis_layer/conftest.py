@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 from redis_servers import (
+    ISSUED_SLUGS,
     REDIS_URL,
     RedisProcess,
     free_port,
@@ -28,6 +29,22 @@ from app.core.redis import build_redis
 @pytest.fixture
 def slug() -> str:
     return new_slug()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forget_test_tenants() -> Iterator[None]:
+    """Delete the keys of every tenant the tests invented (counters have no TTL)."""
+    yield
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        for slug in ISSUED_SLUGS:
+            keys = list(client.scan_iter(match=f"tessera:{{{slug}}}:*"))
+            if keys:
+                client.delete(*keys)
+    except redis.RedisError:
+        pass  # the shared Redis is gone; nothing to clean
+    finally:
+        client.close()
 
 
 @pytest.fixture

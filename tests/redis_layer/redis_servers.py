@@ -31,8 +31,14 @@ def redis_settings(url: str, *, timeout: float = 0.25, cluster: bool = False) ->
     )
 
 
+# Every slug handed out, so the session can delete what its tests left in the shared Redis.
+ISSUED_SLUGS: list[str] = []
+
+
 def new_slug() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
+    slug = f"t{uuid.uuid4().hex[:12]}"
+    ISSUED_SLUGS.append(slug)
+    return slug
 
 
 @dataclass
