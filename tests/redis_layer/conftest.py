@@ -16,6 +16,7 @@ from redis_servers import (
     ISSUED_SLUGS,
     REDIS_URL,
     RedisProcess,
+    free_cluster_port,
     free_port,
     new_slug,
     redis_settings,
@@ -95,6 +96,7 @@ def redis_cluster() -> Iterator[str]:
                         str(node_dir / "nodes.conf"),
                         "--cluster-node-timeout",
                         "2000",
+                        port=free_cluster_port(),
                     )
                 )
             subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,6 +24,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def redis_settings(url: str, *, timeout: float = 0.25, cluster: bool = False) -> Settings:
@@ -57,8 +72,8 @@ class RedisProcess:
         self.process.send_signal(signal.SIGCONT)
 
 
-def start_redis(directory: Path, *extra: str) -> RedisProcess:
-    port = free_port()
+def start_redis(directory: Path, *extra: str, port: int | None = None) -> RedisProcess:
+    port = port or free_port()
     process = subprocess.Popen(
         [
             "redis-server",

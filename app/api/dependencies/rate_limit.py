@@ -1,6 +1,7 @@
 """The rate-limit dependency of the tenant API: count the request, put the headers on."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see the real
+# `Depends(tenant_dependency)` of the inner function, which a string annotation would hide.
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
