@@ -15,6 +15,8 @@ from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
 from app.core.security import TokenVerifier
 from app.db.engine import build_engine
+from app.services.cache import TenantCache
+from app.services.rate_limiter import TenantRateLimiter
 from app.services.tenants import TenantRegistry
 
 
@@ -28,6 +30,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = build_redis(settings)
         app.state.token_verifier = TokenVerifier(settings)  # fetches keys lazily, never at start
         app.state.tenant_registry = TenantRegistry(app.state.engine, settings)
+        app.state.rate_limiter = TenantRateLimiter(
+            app.state.redis,
+            default_limit=settings.rate_limit_default,
+            fail_open=settings.rate_limit_fail_open,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+        app.state.cache = TenantCache(
+            app.state.redis,
+            ttl_seconds=settings.cache_ttl_seconds,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
         try:
             yield
         finally:

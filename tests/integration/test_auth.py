@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from conftest import MakeToken, ServedApp
 from fastapi import APIRouter, FastAPI, Request
 
 from app.api.dependencies.auth import AdminDep, PrincipalDep, check_scopes, get_principal
 from app.core.config import Settings
 from app.main import create_app
+from tests.conftest import MakeToken, ServedApp
 
 PROBLEM = "application/problem+json"
 

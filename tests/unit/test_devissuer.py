@@ -7,12 +7,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningIssuer
 
 from app.cli import main
 from app.core.config import Settings, get_settings
 from app.core.security import TokenVerifier
 from app.devissuer import DEV_CLIENT_ID, DEV_CLIENT_SECRET, DevIssuer, DevIssuerRefused
+from tests.conftest import RunningIssuer
 
 StartIssuer = Callable[[], RunningIssuer]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningIssuer, ServedApp
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import JWSRegistry
 
@@ -22,6 +21,7 @@ from app.core.config import Settings
 from app.core.errors import AuthUnavailable, InvalidToken
 from app.core.security import INITIAL_RETRY_SECONDS, MAX_TOKEN_BYTES, TokenVerifier, parse_jwks
 from app.devissuer import DevIssuer
+from tests.conftest import RunningIssuer, ServedApp
 
 StartIssuer = Callable[[], RunningIssuer]
 
