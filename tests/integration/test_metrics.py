@@ -61,6 +61,15 @@ def _items_router() -> APIRouter:
     async def add_part(item_id: str, part_id: str) -> dict[str, str]:
         return {"id": part_id}
 
+    # Nested prefixes: the template must carry both, as FastAPI routes it.
+    outer, inner = APIRouter(prefix="/nested"), APIRouter(prefix="/inner")
+
+    @inner.get("/things/{thing_id}")
+    async def get_thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    outer.include_router(inner)
+    router.include_router(outer)
     return router
 
 
@@ -90,6 +99,7 @@ async def test_http_metrics_label_route_templates_never_raw_paths(settings: Sett
         assert (await client.get("/items/missing")).status_code == 404
         assert (await client.post(f"/items/{raw_ids[0]}/parts/{raw_ids[1]}")).status_code == 200
         assert (await client.get(f"/nothing/here/{raw_ids[2]}")).status_code == 404
+        assert (await client.get(f"/nested/inner/things/{raw_ids[2]}")).status_code == 200
         assert (await client.delete(f"/items/{raw_ids[0]}")).status_code == 405
         for platform_path in ("/healthz", "/readyz", "/metrics"):
             await client.get(platform_path)
@@ -110,6 +120,8 @@ async def test_http_metrics_label_route_templates_never_raw_paths(settings: Sett
         >= 1
     )
     assert value(samples, "http_requests_total", handler="none", method="GET", status="404") >= 1
+    nested = "/nested/inner/things/{thing_id}"
+    assert value(samples, "http_requests_total", handler=nested, status="200") >= 1
     assert (
         value(
             samples,
