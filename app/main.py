@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.endpoints import platform, tenants
+from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
@@ -35,11 +36,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_limit=settings.rate_limit_default,
             fail_open=settings.rate_limit_fail_open,
             timeout_seconds=settings.redis_timeout_seconds,
+            on_rejection=metrics.record_rate_limit_rejection,
         )
         app.state.cache = TenantCache(
             app.state.redis,
             ttl_seconds=settings.cache_ttl_seconds,
             timeout_seconds=settings.redis_timeout_seconds,
+            on_result=metrics.record_cache,
         )
         try:
             yield
@@ -59,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform.router)
     app.include_router(tenants.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it also counts the 413s the request middleware answers early.
+    metrics.configure(settings.metrics_max_tenants)
+    metrics.instrument(app)
     return app
 
 

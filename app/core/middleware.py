@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var, tenant_var
 from app.core.errors import problem_response, unhandled_error_response
+from app.core.metrics import record_tenant_request
 
 access_logger = logging.getLogger("tessera.access")
 
@@ -111,6 +112,9 @@ class RequestContextMiddleware:
                     }
                 },
             )
+            tenant = tenant_var.get()
+            if tenant is not None:  # set by the tenant dependency once the tenant is known
+                record_tenant_request(tenant, status)
             tenant_var.reset(tenant_token)
             request_id_var.reset(id_token)
 

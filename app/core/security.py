@@ -20,6 +20,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import json_b64decode
 
+from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import AuthUnavailable, InvalidToken
 
@@ -118,6 +119,7 @@ class JWKSClient:
                 keys = await self._fetch_keys()
             except (httpx.HTTPError, ValueError) as exc:
                 # Keys already held keep working: an issuer outage must not become ours.
+                metrics.record_jwks_refresh("error")
                 logger.warning(
                     "jwks fetch failed",
                     extra={"event_fields": {"error": type(exc).__name__, "reason": str(exc)}},
@@ -128,6 +130,7 @@ class JWKSClient:
             self._keys = keys
             self._fetched_at = time.monotonic()
             self._generation += 1
+            metrics.record_jwks_refresh("success")
             logger.info("jwks fetched", extra={"event_fields": {"keys": len(keys)}})
 
     async def _fetch_keys(self) -> dict[str | None, Key]:

@@ -1,15 +1,19 @@
-"""Platform endpoints: liveness and readiness (no token)."""
+"""Platform endpoints: liveness, readiness and metrics (no tenant token)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import text
+
+from app.core import metrics
+from app.core.errors import problem_response
 
 logger = logging.getLogger("tessera.health")
 
@@ -51,7 +55,51 @@ async def readyz(request: Request) -> JSONResponse:
             database="ok" if database_ok else "error", redis="ok" if redis_ok else "degraded"
         ),
     )
+    metrics.set_database_up(database_ok)
     return JSONResponse(body.model_dump(), status_code=200 if database_ok else 503)
+
+
+_PROBLEM: dict[str, dict[str, object]] = {"application/problem+json": {}}
+# auto_error=False: the token is optional unless METRICS_TOKEN is set, and a missing one must
+# answer problem+json, not FastAPI's default 403.
+MetricsCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, scheme_name="metricsToken")),
+]
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    description=(
+        "The HTTP and `tessera_*` metrics. When `METRICS_TOKEN` is set, the request must carry "
+        "`Authorization: Bearer <METRICS_TOKEN>`."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Metrics in the text format"},
+        401: {"content": _PROBLEM, "description": "METRICS_TOKEN is set and was not presented"},
+    },
+)
+async def metrics_endpoint(request: Request, credentials: MetricsCredentials) -> Response:
+    expected = request.app.state.settings.metrics_token
+    if expected:
+        if credentials is None:
+            return problem_response(
+                401,
+                "not_authenticated",
+                "This endpoint requires Authorization: Bearer <METRICS_TOKEN>.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not metrics.token_matches(expected, credentials.credentials):
+            return problem_response(
+                401,
+                "invalid_token",
+                "The metrics token is not valid.",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+    body = await metrics.render(request.app.state.engine)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 async def _check_database(request: Request) -> bool:

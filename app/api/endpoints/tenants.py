@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from app.api.dependencies.auth import require_admin
 from app.api.dependencies.db import EngineDep
 from app.api.errors import ADMIN_ERRORS, responses
+from app.core import metrics
 from app.db.repositories.tenants import TenantRecord
 from app.schemas.common import Page
 from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
@@ -65,9 +66,7 @@ async def create_tenant(
         plan=body.plan,
         rate_limit=body.rate_limit,
     )
-    observe = getattr(request.app.state, "observe_provisioning", None)
-    if observe is not None:
-        observe(time.perf_counter() - started)
+    metrics.observe_provisioning(time.perf_counter() - started)
     _forget(request, record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
     return _out(request, record)
@@ -142,7 +141,7 @@ async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> Tenan
 async def delete_tenant(request: Request, slug: str, engine: EngineDep) -> Response:
     await service.delete_tenant(engine, slug)
     _forget(request, slug)
-    purge = getattr(request.app.state, "purge_tenant_cache", None)
-    if purge is not None:
-        await purge(slug)
+    # Everything the tenant had cached goes at once (a generation bump); Redis being down
+    # only leaves entries that expire with their TTL and can no longer be reached.
+    await request.app.state.cache.bump_generation(slug)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

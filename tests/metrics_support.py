@@ -1,0 +1,50 @@
+"""Helpers for tests that read /metrics: parse the text format into samples and names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# The sample names each metric type exposes besides its family name.
+_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count"),
+    "gauge": ("",),
+    "untyped": ("",),
+    "info": ("_info",),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_samples(text: str) -> list[Sample]:
+    return [
+        Sample(sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every series name /metrics declares, with or without samples yet (HELP/TYPE count)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sample's value, 0 when it has not been recorded yet."""
+    for sample in samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample.value
+    return 0.0

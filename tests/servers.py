@@ -1,0 +1,97 @@
+"""Helpers for tests that run real processes: free ports, uvicorn, waiting for an answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from app.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def app_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a served Tessera reads its Settings from."""
+    env = dict(os.environ)
+    env.update(
+        ENVIRONMENT="test",
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        LOG_LEVEL="WARNING",
+        **extra,
+    )
+    return env
+
+
+def wait_for(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=0.5).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def uvicorn(
+    settings: Settings, target: str, *extra_args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Serve `target` with uvicorn on a free loopback port; yield the process and base URL."""
+    port = free_port()
+    args: Sequence[str] = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        *extra_args,
+    ]
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env or app_environment(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(base + "/healthz", timeout=15, process=process)
+        yield process, base
+    finally:
+        stop(process)
+        if process.stderr is not None:
+            process.stderr.close()
