@@ -16,7 +16,7 @@ async def get_own_tenant(tenant: CurrentTenant) -> TenantSelf:
     return TenantSelf(
         slug=tenant.slug,
         name=tenant.name,
-        plan=tenant.plan,  # type: ignore[arg-type]
-        status=tenant.status,  # type: ignore[arg-type]
+        plan=tenant.plan,
+        status=tenant.status,
         rate_limit=tenant.rate_limit,
     )
