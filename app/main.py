@@ -7,13 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.endpoints import platform
+from app.api.endpoints import platform, tenants
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
+from app.core.security import TokenVerifier
 from app.db.engine import build_engine
+from app.services.cache import TenantCache
+from app.services.rate_limiter import TenantRateLimiter
+from app.services.tenants import TenantRegistry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,9 +28,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = build_engine(settings)
         app.state.redis = build_redis(settings)
+        app.state.token_verifier = TokenVerifier(settings)  # fetches keys lazily, never at start
+        app.state.tenant_registry = TenantRegistry(app.state.engine, settings)
+        app.state.rate_limiter = TenantRateLimiter(
+            app.state.redis,
+            default_limit=settings.rate_limit_default,
+            fail_open=settings.rate_limit_fail_open,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+        app.state.cache = TenantCache(
+            app.state.redis,
+            ttl_seconds=settings.cache_ttl_seconds,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
         try:
             yield
         finally:
+            await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
             await app.state.engine.dispose()
 
@@ -39,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(platform.router)
+    app.include_router(tenants.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

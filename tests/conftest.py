@@ -1,24 +1,34 @@
-"""Test fixtures: a fresh PostgreSQL database per session, real Redis, the app over ASGI."""
+"""Test fixtures: a fresh PostgreSQL database per session, real Redis, the app over ASGI, and a
+real token issuer (the dev issuer) served over HTTP on a loopback port."""
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.migrate import migrate_shared
 from app.db.repositories.tenants import TenantRecord
+from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
 from tests.factories import make_tenant
@@ -66,8 +76,125 @@ def database_url(database_name: str) -> str:
 ROLE_PREFIX = f"t{uuid.uuid4().hex[:6]}_"
 
 
+class CountingApp:
+    """Wraps an ASGI app and counts requests by path, so tests can assert outbound calls."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.hits: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.hits[scope["path"]] += 1
+        await self.app(scope, receive, send)
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn over real HTTP on a free loopback port, in a thread."""
+
+    def __init__(self) -> None:
+        # Bound before the app exists, so the app can be told its own URL (the issuer's `iss`).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, app: ASGIApp) -> None:
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", ws="none", http="h11", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop serving: the port then refuses connections, as a downed issuer would."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+        self.sock.close()
+
+
+class RunningIssuer:
+    """The dev issuer served over HTTP, with its requests counted by path."""
+
+    def __init__(self, key_dir: Path) -> None:
+        self.server = ServedApp()
+        self.url = self.server.url
+        self.dev = DevIssuer(Settings(environment="test"), key_dir=key_dir, issuer=self.url)
+        self.app = CountingApp(self.dev.asgi_app())
+        self.server.start(self.app)
+
+    @property
+    def jwks_fetches(self) -> int:
+        return self.app.hits["/jwks.json"]
+
+    @property
+    def requests(self) -> int:
+        return sum(self.app.hits.values())
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIssuer]:
+    running = RunningIssuer(tmp_path_factory.mktemp("dev-issuer"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def start_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], RunningIssuer]]:
+    """A factory of private issuers (own keys, own port) for tests that rotate or stop them."""
+    started: list[RunningIssuer] = []
+
+    def start() -> RunningIssuer:
+        running = RunningIssuer(tmp_path_factory.mktemp("dev-issuer"))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+MakeToken = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_token(issuer: RunningIssuer) -> MakeToken:
+    """`make_token(tenant="acme", scopes="api:read api:write", **claims)`: a signed token.
+
+    `sub` defaults to "test-user"; `alg` ("RS256"/"ES256") and `ttl` pass through to the
+    issuer; any other keyword is a claim (overriding the standard ones).
+    """
+
+    def make(
+        tenant: str | None = "acme",
+        scopes: str | Iterable[str] = "api:read api:write",
+        **claims: Any,
+    ) -> str:
+        subject = claims.pop("sub", "test-user")
+        alg = claims.pop("alg", "RS256")
+        ttl = claims.pop("ttl", 3600)
+        return issuer.dev.mint(subject, tenant=tenant, scopes=scopes, ttl=ttl, alg=alg, **claims)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, issuer: RunningIssuer) -> Settings:
     return Settings(
         environment="test",
         database_url=database_url,
@@ -75,6 +202,7 @@ def settings(database_url: str) -> Settings:
         log_level="WARNING",
         db_pool_size=5,
         db_tenant_role_prefix=ROLE_PREFIX,
+        auth_issuer=issuer.url,
     )
 
 

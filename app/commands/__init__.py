@@ -9,4 +9,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def registrars() -> list[Registrar]:
-    return []
+    from app.commands import dev, tenancy
+
+    return [tenancy.register, dev.register]

@@ -68,16 +68,32 @@ class BadRequest(TesseraError):
     status, code = 400, "bad_request"
 
 
-class NotAuthenticated(TesseraError):
+class BearerChallenge(TesseraError):
+    """An answer of the bearer scheme: it carries the RFC 6750 `WWW-Authenticate` challenge."""
+
+    challenge: str = "Bearer"
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", self.challenge)
+
+
+class NotAuthenticated(BearerChallenge):
     status, code = 401, "not_authenticated"
 
 
-class InvalidToken(TesseraError):
+class InvalidToken(BearerChallenge):
     status, code = 401, "invalid_token"
+    challenge = 'Bearer error="invalid_token"'
 
 
 class Forbidden(TesseraError):
     status, code = 403, "forbidden"
+
+
+class InsufficientScope(BearerChallenge, Forbidden):
+    status, code = 403, "insufficient_scope"
+    challenge = 'Bearer error="insufficient_scope"'
 
 
 class NotFound(TesseraError):
@@ -106,6 +122,12 @@ class ServiceUnavailable(TesseraError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
+
+
+class AuthUnavailable(ServiceUnavailable):
+    """The issuer's keys were never fetched, so no token can be judged either way."""
+
+    code = "auth_unavailable"
 
 
 def problem_body(

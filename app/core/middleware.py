@@ -6,10 +6,12 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import request_id_var, tenant_var
@@ -18,6 +20,17 @@ from app.core.errors import problem_response, unhandled_error_response
 access_logger = logging.getLogger("tessera.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+# Key in the ASGI scope's request state for headers a dependency wants on the response.
+# The middleware adds them at response start, so they reach error responses (404, 422, 500)
+# too, which FastAPI's `response: Response` parameter does not.
+RESPONSE_HEADERS_STATE_KEY = "tessera_response_headers"
+
+
+def add_response_headers(request: Request, headers: Mapping[str, str]) -> None:
+    """Put `headers` on this request's response, whatever ends up answering it."""
+    state = request.scope.setdefault("state", {})
+    state.setdefault(RESPONSE_HEADERS_STATE_KEY, {}).update(headers)
 
 
 class PayloadTooLarge(HTTPException):
@@ -52,7 +65,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                for name, value in _pending_headers(scope).items():
+                    headers[name] = value  # replaces, so a 429 never carries them twice
             await send(message)
 
         try:
@@ -99,6 +115,14 @@ class RequestContextMiddleware:
             request_id_var.reset(id_token)
 
 
+def _pending_headers(scope: Scope) -> Mapping[str, str]:
+    state = scope.get("state")
+    if not isinstance(state, dict):
+        return {}
+    pending = state.get(RESPONSE_HEADERS_STATE_KEY)
+    return pending if isinstance(pending, dict) else {}
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -127,4 +151,4 @@ def _content_length(scope: Scope) -> int | None:
         return None
 
 
-__all__: list[Any] = ["RequestContextMiddleware", "PayloadTooLarge"]
+__all__: list[Any] = ["RequestContextMiddleware", "PayloadTooLarge", "add_response_headers"]

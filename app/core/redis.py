@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
+
+logger = logging.getLogger("tessera.redis")
 
 RedisClient = Redis | RedisCluster
 
@@ -25,3 +30,44 @@ def build_redis(settings: Settings) -> Any:
         url = url.replace("redis+cluster://", "redis://", 1)
         return RedisCluster.from_url(url, **options)
     return Redis.from_url(url, retry_on_timeout=False, **options)
+
+
+# What a Redis outage looks like from redis-py (standalone and Cluster): the caller degrades
+# on these and lets everything else (a bug, a Lua error) surface.
+REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
+
+
+class RedisOutageLog:
+    """Counts Redis failures of one component and logs a warning at most once per interval.
+
+    During an outage every request fails the same way; one line per interval says so without
+    flooding the logs, and `failures` keeps the full count.
+    """
+
+    def __init__(self, component: str, *, interval_seconds: float = 30.0) -> None:
+        self.component = component
+        self.interval_seconds = interval_seconds
+        self.failures = 0
+        self._suppressed = 0
+        self._last_logged: float | None = None
+
+    def report(self, exc: BaseException) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self._last_logged is not None and now - self._last_logged < self.interval_seconds:
+            self._suppressed += 1
+            return
+        logger.warning(
+            "redis unavailable for %s: %s (%d similar failures not logged)",
+            self.component,
+            type(exc).__name__,
+            self._suppressed,
+            extra={"event_fields": {"component": self.component, "error": type(exc).__name__}},
+        )
+        self._last_logged = now
+        self._suppressed = 0

@@ -8,6 +8,7 @@ decides which tenants are behind, so a no-op run over thousands of tenants is in
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -83,16 +84,71 @@ async def migrate_shared(engine: AsyncEngine) -> str | None:
     return script.get_current_head()
 
 
+def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> str:
+    """The SQL that takes one tenant schema from `from_rev` to head, rendered once.
+
+    Tenant tables are never schema-qualified, so the same text serves every tenant: it runs
+    under the tenant's pinned search_path. Rendering (Alembic's offline mode) happens once
+    per starting revision, not once per tenant, and Alembic's process-global context is
+    never entered concurrently. Tenant migrations must therefore be expressible as SQL
+    (DDL and data statements), which is what Alembic's `--sql` mode requires anyway.
+    """
+    key = (script.dir, from_rev)
+    cached = _rendered.get(key)
+    if cached is not None:
+        return cached
+    head = script.get_current_head() or "base"
+    buffer = io.StringIO()
+    config = Config(output_buffer=buffer)
+    config.set_main_option("script_location", script.dir)
+
+    def upgrade(rev: Any, context: MigrationContext) -> Any:
+        return script._upgrade_revs(head, rev)  # noqa: SLF001 (Alembic's own upgrade walk)
+
+    with EnvironmentContext(
+        config,
+        script,
+        fn=upgrade,
+        as_sql=True,
+        starting_rev=from_rev,
+        destination_rev=head,
+    ) as env:
+        env.configure(
+            dialect_name="postgresql",
+            output_buffer=buffer,
+            target_metadata=tenant_metadata,
+            transactional_ddl=False,
+        )
+        env.run_migrations()
+    sql = buffer.getvalue()
+    _rendered[key] = sql
+    return sql
+
+
+_rendered: dict[tuple[str, str | None], str] = {}
+
+
+async def current_tenant_revision(conn: AsyncConnection) -> str | None:
+    """The revision recorded in the pinned schema's own alembic_version, if any."""
+    exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not exists:
+        return None
+    version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return str(version) if version is not None else None
+
+
 async def upgrade_tenant_schema(
     conn: AsyncConnection, schema: str, script: ScriptDirectory
 ) -> None:
     """Apply pending tenant revisions to one schema inside `conn`'s transaction."""
-
-    def run(sync_conn: Connection) -> None:
-        pin_schema_as_owner(sync_conn, schema)
-        _upgrade_sync(sync_conn, script, schema, tenant_metadata)
-
-    await conn.run_sync(run)
+    await conn.run_sync(pin_schema_as_owner, schema)
+    current = await current_tenant_revision(conn)
+    if current == script.get_current_head():
+        return
+    sql = render_tenant_sql(script, current)
+    raw = await conn.get_raw_connection()
+    # Several statements in one simple-protocol round trip; no parameters are involved.
+    await raw.driver_connection.execute(sql)  # type: ignore[union-attr]
 
 
 async def stamp_tenant_schema(conn: AsyncConnection, schema: str, script: ScriptDirectory) -> None:

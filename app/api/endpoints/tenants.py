@@ -31,10 +31,10 @@ def _out(request: Request, record: TenantRecord) -> TenantOut:
         id=record.id,
         slug=record.slug,
         name=record.name,
-        plan=record.plan,  # type: ignore[arg-type]
-        status=record.status,  # type: ignore[arg-type]
+        plan=record.plan,
+        status=record.status,
         rate_limit=record.rate_limit or default,
-        schema=record.schema,
+        schema_=record.schema,
         schema_version=record.schema_version,
         created_at=record.created_at,
         updated_at=record.updated_at,

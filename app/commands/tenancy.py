@@ -1,0 +1,126 @@
+"""`tessera migrate` and `tessera tenants ...`: schema migrations and tenant lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from app.core.config import get_settings
+from app.db.engine import build_engine
+from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    migrate = sub.add_parser(
+        "migrate", help="upgrade the shared schema, then every tenant (idempotent)"
+    )
+    migrate.add_argument("--concurrency", type=int, default=4, help="tenants migrated at once")
+    migrate.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    migrate.add_argument("--shared-only", action="store_true", help="skip tenant schemas")
+    migrate.set_defaults(func=_migrate)
+
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    tsub = tenants.add_subparsers(dest="tenants_command", required=True)
+    create = tsub.add_parser("create", help="provision a tenant")
+    create.add_argument("slug")
+    create.add_argument("--name")
+    create.add_argument("--plan", choices=["free", "pro", "enterprise"], default="free")
+    create.add_argument("--rate-limit")
+    create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
+    create.set_defaults(func=_create_tenant)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    return asyncio.run(_migrate_async(args))
+
+
+async def _migrate_async(args: argparse.Namespace) -> int:
+    engine = build_engine(get_settings())
+    started = time.monotonic()
+    try:
+        shared_head = await migrate_shared(engine)
+        print(f"shared schema: at {shared_head}")
+        if args.shared_only:
+            return 0
+        report = await migrate_tenants(
+            engine,
+            concurrency=args.concurrency,
+            slugs=args.tenant,
+            progress=_progress_bar,
+        )
+    finally:
+        await engine.dispose()
+    print_report(report, time.monotonic() - started)
+    return 0 if report.ok else 1
+
+
+def _progress_bar(done: int, total: int, slug: str, ok: bool) -> None:
+    if not sys.stderr.isatty() and done not in (total,) and done % 50:
+        return
+    width = 30
+    filled = int(width * done / total) if total else width
+    mark = "" if ok else f"  FAILED {slug}"
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}{mark}")
+    if done == total or not ok:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def print_report(report: FleetReport, seconds: float) -> None:
+    rows = [
+        ("migrated", len(report.migrated)),
+        ("already current", len(report.current)),
+        ("failed", len(report.failed)),
+    ]
+    print(f"tenant schemas: head {report.head} ({seconds:.2f} s)")
+    for label, count in rows:
+        print(f"  {label:<16} {count:>6}")
+    for slug, error in sorted(report.failed.items()):
+        print(f"  FAILED {slug}: {error}")
+    if report.failed:
+        print("rerun `tessera migrate` after fixing them: it continues where it stopped")
+
+
+def _create_tenant(args: argparse.Namespace) -> int:
+    return asyncio.run(_create_tenant_async(args))
+
+
+async def _create_tenant_async(args: argparse.Namespace) -> int:
+    from app.core.config import validate_rate_limit
+    from app.db.tenancy import slug_problem
+    from app.services.tenants import TenantExists, create_tenant
+
+    problem = slug_problem(args.slug)
+    if problem:
+        print(f"error: slug {problem}", file=sys.stderr)
+        return 2
+    if args.rate_limit:
+        try:
+            validate_rate_limit(args.rate_limit)
+        except ValueError as exc:
+            print(f"error: --rate-limit: {exc}", file=sys.stderr)
+            return 2
+    settings = get_settings()
+    engine = build_engine(settings)
+    try:
+        record: Any = await create_tenant(
+            engine,
+            settings,
+            slug=args.slug,
+            name=args.name or args.slug,
+            plan=args.plan,
+            rate_limit=args.rate_limit,
+        )
+    except TenantExists:
+        if args.if_missing:
+            print(f"tenant {args.slug} exists")
+            return 0
+        print(f"error: tenant {args.slug} exists", file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    print(f"tenant {record.slug} created: schema {record.schema} at {record.schema_version}")
+    return 0

@@ -1,0 +1,316 @@
+"""Bearer-token verification: the one place that decides whether a JWT is trusted (joserfc)."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.util import json_b64decode
+
+from app.core.config import Settings
+from app.core.errors import AuthUnavailable, InvalidToken
+
+logger = logging.getLogger("tessera.auth")
+
+# A bearer token is a header line; anything bigger is an attack or a mistake, and is refused
+# before a byte of it is decoded.
+MAX_TOKEN_BYTES = 8 * 1024
+# Discovery and JWKS documents are small; a cap keeps a hostile endpoint from filling memory.
+MAX_DOCUMENT_BYTES = 512 * 1024
+# Verified tokens remembered (by their exact text) until they expire.
+TOKEN_CACHE_SIZE = 10_000
+# Keys are re-read this often even without an unknown kid, so a key the issuer withdrew stops
+# working within minutes rather than at the next restart.
+JWKS_MAX_AGE_SECONDS = 600.0
+# While no key was ever fetched, retry the issuer this often (coalesced), so an issuer that
+# comes up after the API does is picked up quickly.
+INITIAL_RETRY_SECONDS = 1.0
+
+# RFC 9068 names `at+jwt`; plain `JWT` is what most issuers still send.
+ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+# `crit` asks us to understand extensions we do not; the others point at keys chosen by the
+# token's author. A token carrying any of them is refused outright: nothing is followed.
+REFUSED_HEADERS = frozenset({"crit", "jku", "x5u", "jwk", "x5c"})
+# Only asymmetric key types are ever imported from a JWKS: an `oct` key there would let the
+# holder of a public document mint tokens.
+ASYMMETRIC_KEY_TYPES: dict[str, type[RSAKey] | type[ECKey] | type[OKPKey]] = {
+    "RSA": RSAKey,
+    "EC": ECKey,
+    "OKP": OKPKey,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says about its bearer."""
+
+    subject: str
+    tenant: str | None
+    scopes: frozenset[str]
+    expires_at: float
+    raw: Mapping[str, Any] = field(compare=False, hash=False, repr=False)
+
+
+class JWKSClient:
+    """The issuer's signing keys: fetched lazily, cached, refreshed on demand but rate-limited."""
+
+    def __init__(self, settings: Settings, http_client: httpx.AsyncClient) -> None:
+        self._issuer = settings.auth_issuer
+        self._configured_jwks_url = settings.auth_jwks_url
+        self._timeout = settings.auth_jwks_timeout_seconds
+        self._cooldown = settings.auth_jwks_refresh_cooldown_seconds
+        self._http = http_client
+        self._jwks_url: str | None = settings.auth_jwks_url
+        self._keys: dict[str | None, Key] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def has_keys(self) -> bool:
+        return self._fetched_at is not None
+
+    def get(self, kid: str | None) -> Key | None:
+        if kid is None:
+            # A token without `kid` is only unambiguous when the issuer publishes one key.
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+    async def ensure_fresh(self) -> None:
+        """Fetch on first use; re-read keys older than JWKS_MAX_AGE_SECONDS."""
+        if self._fetched_at is None:
+            await self.refresh()
+            if self._fetched_at is None:
+                raise AuthUnavailable(
+                    "The token issuer's keys could not be fetched; retry shortly.",
+                    headers={"Retry-After": "5"},
+                )
+        elif time.monotonic() - self._fetched_at > JWKS_MAX_AGE_SECONDS and not self._lock.locked():
+            # One request pays for the re-read; the others keep using the current keys.
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read the JWKS, at most once per cooldown; concurrent callers share one fetch."""
+        seen = self._generation
+        async with self._lock:
+            if self._generation != seen:
+                return  # another caller refreshed while this one waited
+            now = time.monotonic()
+            interval = self._cooldown if self._fetched_at is not None else INITIAL_RETRY_SECONDS
+            if self._attempted_at is not None and now - self._attempted_at < interval:
+                return
+            self._attempted_at = now
+            try:
+                keys = await self._fetch_keys()
+            except (httpx.HTTPError, ValueError) as exc:
+                # Keys already held keep working: an issuer outage must not become ours.
+                logger.warning(
+                    "jwks fetch failed",
+                    extra={"event_fields": {"error": type(exc).__name__, "reason": str(exc)}},
+                )
+                if self._configured_jwks_url is None:
+                    self._jwks_url = None  # discover again next time, the document may have moved
+                return
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+            self._generation += 1
+            logger.info("jwks fetched", extra={"event_fields": {"keys": len(keys)}})
+
+    async def _fetch_keys(self) -> dict[str | None, Key]:
+        if self._jwks_url is None:
+            discovery = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
+            document = await self._get_json(discovery)
+            jwks_uri = document.get("jwks_uri")
+            if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+                raise ValueError("discovery document has no usable jwks_uri")
+            self._jwks_url = jwks_uri
+        return parse_jwks(await self._get_json(self._jwks_url))
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        async with self._http.stream("GET", url, timeout=self._timeout) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+        document = json.loads(body)
+        if not isinstance(document, dict):
+            raise ValueError(f"{url} did not answer a JSON object")
+        return document
+
+
+def parse_jwks(document: Mapping[str, Any]) -> dict[str | None, Key]:
+    """The usable signing keys of a JWKS, by kid; keys this service cannot use are skipped."""
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise ValueError("JWKS has no keys array")
+    keys: dict[str | None, Key] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        key_class = ASYMMETRIC_KEY_TYPES.get(str(entry.get("kty")))
+        if key_class is None:
+            continue
+        try:
+            key: Key = key_class.import_key(entry)
+        except (JoseError, ValueError, TypeError):
+            logger.warning("jwks key skipped", extra={"event_fields": {"kid": entry.get("kid")}})
+            continue
+        kid = entry.get("kid")
+        keys[kid if isinstance(kid, str) else None] = key
+    return keys
+
+
+class TokenVerifier:
+    """Verifies bearer JWTs against the configured issuer; built once per process."""
+
+    def __init__(self, settings: Settings, http_client: httpx.AsyncClient | None = None) -> None:
+        self._settings = settings
+        self._owns_client = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            timeout=settings.auth_jwks_timeout_seconds, follow_redirects=False
+        )
+        self._jwks = JWKSClient(settings, self._http)
+        self._algorithms = frozenset(settings.auth_algorithms)
+        # strict_check_header=False: issuers add harmless private header fields (Azure's `x5t`
+        # variants, vendor hints); what matters is refused in _check_header.
+        self._registry = JWSRegistry(algorithms=settings.auth_algorithms, strict_check_header=False)
+        self._claims_registry = jwt.JWTClaimsRegistry(
+            leeway=settings.auth_leeway_seconds,
+            iss={"essential": True, "value": settings.auth_issuer},
+            aud={"essential": True, "value": settings.auth_audience},
+            exp={"essential": True},
+            sub={"essential": True},
+        )
+        self._cache: OrderedDict[str, Claims] = OrderedDict()
+
+    async def verify(self, token: str) -> Claims:
+        """The claims of `token`, or InvalidToken / AuthUnavailable."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken(f"The bearer token is longer than {MAX_TOKEN_BYTES} bytes.")
+        cached = self._cache_get(token)
+        if cached is not None:
+            return cached
+        if not token.isascii():
+            raise InvalidToken("The bearer token is malformed.")
+        header = _check_header(_read_header(token), self._algorithms)
+        key = await self._key_for(header.get("kid"))
+        claims = self._decode(token, key)
+        self._cache_put(token, claims)
+        return claims
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def _key_for(self, kid: object) -> Key:
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("The bearer token's kid is not a string.")
+        await self._jwks.ensure_fresh()
+        key = self._jwks.get(kid)
+        if key is None:
+            # A new kid usually means the issuer rotated its keys: look once (rate-limited).
+            await self._jwks.refresh()
+            key = self._jwks.get(kid)
+        if key is None:
+            raise InvalidToken("The bearer token is signed with a key the issuer does not publish.")
+        return key
+
+    def _decode(self, token: str, key: Key) -> Claims:
+        try:
+            decoded = jwt.decode(token, key, registry=self._registry)
+            self._claims_registry.validate(decoded.claims)
+        except ExpiredTokenError:
+            raise InvalidToken("The bearer token has expired.") from None
+        except JoseError as exc:
+            # joserfc's descriptions name the claim or check that failed, never a value.
+            reason = exc.description or exc.error.replace("_", " ")
+            raise InvalidToken(f"The bearer token is not valid: {reason}.") from None
+        except (ValueError, TypeError):
+            raise InvalidToken("The bearer token is malformed.") from None
+        return self._claims_from(decoded.claims)
+
+    def _claims_from(self, raw: dict[str, Any]) -> Claims:
+        tenant = raw.get(self._settings.auth_tenant_claim)
+        if tenant is not None and (not isinstance(tenant, str) or not tenant):
+            raise InvalidToken("The bearer token's tenant claim is not a string.")
+        return Claims(
+            subject=raw["sub"],
+            tenant=tenant,
+            scopes=_scopes(raw),
+            expires_at=float(raw["exp"]),
+            raw=MappingProxyType(raw),
+        )
+
+    def _cache_get(self, token: str) -> Claims | None:
+        claims = self._cache.get(token)
+        if claims is None:
+            return None
+        if time.time() >= claims.expires_at + self._settings.auth_leeway_seconds:
+            del self._cache[token]
+            return None
+        self._cache.move_to_end(token)
+        return claims
+
+    def _cache_put(self, token: str, claims: Claims) -> None:
+        self._cache[token] = claims
+        if len(self._cache) > TOKEN_CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+
+def _read_header(token: str) -> dict[str, Any]:
+    """The JOSE header, read before any key is looked up (it names the kid and alg)."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise InvalidToken("The bearer token is not a signed JWT (header.payload.signature).")
+    try:
+        header = json_b64decode(parts[0].encode())
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidToken("The bearer token's header is malformed.") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("The bearer token's header is malformed.")
+    return header
+
+
+def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> dict[str, Any]:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise InvalidToken("The bearer token's algorithm is not accepted.")
+    refused = REFUSED_HEADERS.intersection(header)
+    if refused:
+        raise InvalidToken(f"The bearer token carries a refused header ({min(refused)}).")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES):
+        raise InvalidToken("The bearer token's typ is not an access token type.")
+    return header
+
+
+def _scopes(raw: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from `scope` (space-separated, RFC 8693) and/or `scp` (a list, or a string)."""
+    scopes: set[str] = set()
+    for name in ("scope", "scp"):
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            scopes.update(value)
+        else:
+            raise InvalidToken(f"The bearer token's {name} claim is malformed.")
+    return frozenset(scopes)

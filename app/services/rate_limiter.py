@@ -1,0 +1,226 @@
+"""Per-tenant rate limiting in Redis: one Lua round trip per request, never blocking the loop.
+
+The notation, the header names and their meaning are slowapi's (limits notation such as
+"600/minute;20/second", `X-RateLimit-Limit/-Remaining/-Reset` with Reset as epoch seconds,
+`Retry-After` in seconds); the Redis work is ours because slowapi's Limiter calls its storage
+synchronously from inside the event loop and lets a Redis outage raise into every route
+(docs/decisions/0003-async-rate-limiting-on-limits-aio.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+
+from app.core.errors import RateLimited, ServiceUnavailable
+from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog
+
+logger = logging.getLogger("tessera.rate_limit")
+
+HEADER_LIMIT = "X-RateLimit-Limit"
+HEADER_REMAINING = "X-RateLimit-Remaining"
+HEADER_RESET = "X-RateLimit-Reset"
+HEADER_RETRY_AFTER = "Retry-After"
+
+# Fixed windows that start at a tenant's first request (limits' FixedWindowRateLimiter
+# semantics), every window of the tenant checked and counted atomically. A rejected request
+# counts against nothing, so a tenant hammering a short window does not burn its long one.
+# Returns {blocked, count_1, pttl_1, count_2, pttl_2, ...}: the window arithmetic needs
+# nothing more, so there is no second "stats" call.
+_FIXED_WINDOWS_LUA = """
+local n = #KEYS
+local counts = {}
+local blocked = 0
+for i = 1, n do
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  counts[i] = count
+  if count + 1 > tonumber(ARGV[i]) then blocked = 1 end
+end
+local out = {blocked}
+for i = 1, n do
+  local count = counts[i]
+  local window = tonumber(ARGV[n + i])
+  if blocked == 0 then
+    count = redis.call('INCR', KEYS[i])
+    if count == 1 then redis.call('PEXPIRE', KEYS[i], window) end
+  end
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl == -1 then
+    redis.call('PEXPIRE', KEYS[i], window)
+    ttl = window
+  elseif ttl == -2 then
+    ttl = window
+  end
+  out[#out + 1] = count
+  out[#out + 1] = ttl
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One limit of a tenant: at most `amount` requests per `seconds`."""
+
+    amount: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """The outcome of one check, for the binding window (the one closest to rejecting)."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float  # seconds until the binding window starts afresh
+    reset_at: float  # the same moment as a Unix timestamp
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_after))
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            HEADER_LIMIT: str(self.limit),
+            HEADER_REMAINING: str(self.remaining),
+            HEADER_RESET: str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            headers[HEADER_RETRY_AFTER] = str(self.retry_after)
+        return headers
+
+
+class RateLimitExceeded(RateLimited):
+    """429 `rate_limited`, with Retry-After and the X-RateLimit-* headers."""
+
+    def __init__(self, state: RateLimitState) -> None:
+        super().__init__(
+            f"Rate limit of {state.limit} requests exceeded; retry in {state.retry_after} s.",
+            headers=state.headers(),
+        )
+        self.state = state
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    """503 `rate_limiter_unavailable`: Redis is down and RATE_LIMIT_FAIL_OPEN=false."""
+
+    code = "rate_limiter_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The rate limiter is unavailable; retry shortly.", headers={HEADER_RETRY_AFTER: "1"}
+        )
+
+
+@lru_cache(maxsize=4096)
+def parse_windows(limit: str) -> tuple[Window, ...]:
+    """Parse limits notation once per distinct string; several limits on one window keep
+    the strictest, so one counter per window serves them all."""
+    strictest: dict[int, int] = {}
+    for item in parse_many(limit):
+        assert isinstance(item, RateLimitItem)
+        seconds = int(item.get_expiry())
+        strictest[seconds] = min(item.amount, strictest.get(seconds, item.amount))
+    if not strictest:
+        raise ValueError(f"empty rate limit {limit!r}")
+    return tuple(Window(amount, seconds) for seconds, amount in sorted(strictest.items()))
+
+
+def window_key(tenant_slug: str, window: Window) -> str:
+    # The counter is per window length, not per amount: a plan change from 100/minute to
+    # 1000/minute keeps what was already used in the running minute. `{slug}` is the
+    # Redis Cluster hash tag that keeps every key of a tenant on one slot.
+    return f"tessera:{{{tenant_slug}}}:rl:{window.seconds}s"
+
+
+def _noop_rejection(tenant_slug: str) -> None:
+    return None
+
+
+class TenantRateLimiter:
+    """Built once per process (app.state.rate_limiter); safe to share between requests."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        default_limit: str,
+        fail_open: bool,
+        timeout_seconds: float,
+        on_rejection: Callable[[str], None] = _noop_rejection,
+        outage_log_interval_seconds: float = 30.0,
+    ) -> None:
+        parse_windows(default_limit)  # refuse a bad default now, not on the first request
+        self.redis = redis
+        self.default_limit = default_limit
+        self.fail_open = fail_open
+        self.timeout_seconds = timeout_seconds
+        self.on_rejection = on_rejection
+        self.outages = RedisOutageLog("rate_limiter", interval_seconds=outage_log_interval_seconds)
+        self._script = redis.register_script(_FIXED_WINDOWS_LUA)
+
+    def windows_for(self, limit: str | None) -> tuple[Window, ...]:
+        if limit:
+            try:
+                return parse_windows(limit)
+            except ValueError:
+                # The registry validates rate limits on write; a bad stored value must not
+                # take the tenant's API down, so it gets the default and a log line.
+                logger.warning("tenant rate limit %r is not valid; using the default", limit)
+        return parse_windows(self.default_limit)
+
+    async def check(self, tenant_slug: str, limit: str | None) -> RateLimitState | None:
+        """Count one request of the tenant against `limit` (else the default).
+
+        Returns the state for the response headers, or None when Redis could not answer
+        and the limiter fails open. Raises RateLimitExceeded (429) when over the limit and
+        RateLimiterUnavailable (503) when Redis could not answer and fail_open is false.
+        """
+        windows = self.windows_for(limit)
+        keys = [window_key(tenant_slug, window) for window in windows]
+        args = [w.amount for w in windows] + [w.seconds * 1000 for w in windows]
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                raw = await self._script(keys=keys, args=args)
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            self.outages.report(exc)
+            if self.fail_open:
+                return None
+            raise RateLimiterUnavailable() from exc
+        state = _binding_state(windows, raw, now=time.time())
+        if not state.allowed:
+            self.on_rejection(tenant_slug)
+            raise RateLimitExceeded(state)
+        return state
+
+
+def _binding_state(windows: tuple[Window, ...], raw: list[Any], *, now: float) -> RateLimitState:
+    """Pick the window the client must care about: when rejected, the exhausted window that
+    frees up last (so Retry-After is truthful); else the one with the least left."""
+    allowed = int(raw[0]) == 0
+    candidates: list[tuple[Window, int, float]] = []
+    for index, window in enumerate(windows):
+        count = int(raw[1 + 2 * index])
+        reset_after = int(raw[2 + 2 * index]) / 1000
+        candidates.append((window, count, reset_after))
+    if allowed:
+        window, count, reset_after = min(candidates, key=lambda c: (c[0].amount - c[1], -c[2]))
+    else:
+        exhausted = [c for c in candidates if c[1] + 1 > c[0].amount]
+        window, count, reset_after = max(exhausted, key=lambda c: c[2])
+    return RateLimitState(
+        allowed=allowed,
+        limit=window.amount,
+        remaining=max(0, window.amount - count),
+        reset_after=reset_after,
+        reset_at=now + reset_after,
+    )

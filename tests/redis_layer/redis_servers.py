@@ -1,0 +1,115 @@
+"""Real Redis servers for tests: addresses, private redis-server processes to freeze."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from app.core.config import Settings
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+STARTUP_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def redis_settings(url: str, *, timeout: float = 0.25, cluster: bool = False) -> Settings:
+    return Settings(
+        environment="test", redis_url=url, redis_cluster=cluster, redis_timeout_seconds=timeout
+    )
+
+
+# Every slug handed out, so the session can delete what its tests left in the shared Redis.
+ISSUED_SLUGS: list[str] = []
+
+
+def new_slug() -> str:
+    slug = f"t{uuid.uuid4().hex[:12]}"
+    ISSUED_SLUGS.append(slug)
+    return slug
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
+def start_redis(directory: Path, *extra: str, port: int | None = None) -> RedisProcess:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                return RedisProcess(port, process)
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"redis-server on port {port} did not start")
+        time.sleep(0.05)
+
+
+def stop_redis(proc: RedisProcess) -> None:
+    proc.thaw()  # a stopped process ignores SIGTERM until continued
+    proc.process.terminate()
+    try:
+        proc.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.process.kill()
+        proc.process.wait(timeout=5)

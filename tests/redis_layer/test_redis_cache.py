@@ -1,0 +1,261 @@
+"""TenantCache against real Redis: hits, isolation, invalidation, single flight, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from app.core.redis import build_redis
+from app.services.cache import CachedResponse, CacheKey, CacheResult, TenantCache
+from tests.redis_layer.redis_servers import RedisProcess, new_slug, redis_settings
+
+
+class Results:
+    """Collects what the cache reports to the metrics hook."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[CacheResult] = Counter()
+
+    def __call__(self, result: CacheResult) -> None:
+        self.counts[result] += 1
+
+
+class Loader:
+    """A loader that counts its calls and answers a body naming the call."""
+
+    def __init__(self, label: str = "v", *, delay: float = 0.0, status: int = 200) -> None:
+        self.label = label
+        self.calls = 0
+        self.delay = delay
+        self.status = status
+
+    async def __call__(self) -> CachedResponse:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        body = f'{{"{self.label}":{self.calls}}}'.encode()
+        return CachedResponse(body=body, status=self.status, etag=f'"{self.label}{self.calls}"')
+
+
+def cache_for(client: Any, results: Results | None = None, **overrides: Any) -> TenantCache:
+    options: dict[str, Any] = {"ttl_seconds": 60, "timeout_seconds": 2.0}
+    options.update(overrides)
+    if results is not None:
+        options["on_result"] = results
+    return TenantCache(client, **options)
+
+
+PROJECT = CacheKey.resource("projects", "0b9c6d3e-1111-4222-8333-444455556666")
+PROJECT_PAGE = CacheKey.page("projects", "limit=20")
+
+
+async def test_second_read_is_a_hit_with_the_same_response(shared_redis: Any, slug: str) -> None:
+    results = Results()
+    cache = cache_for(shared_redis, results)
+    load = Loader()
+    first = await cache.get_or_load(slug, PROJECT, load)
+    second = await cache.get_or_load(slug, PROJECT, load)
+    assert second == first == CachedResponse(body=b'{"v":1}', etag='"v1"')
+    assert load.calls == 1
+    assert results.counts == {"miss": 1, "hit": 1}
+
+
+async def test_entries_live_under_the_tenant_hash_tag_with_the_ttl(
+    shared_redis: Any, slug: str
+) -> None:
+    await cache_for(shared_redis, ttl_seconds=30).get_or_load(slug, PROJECT, Loader())
+    await cache_for(shared_redis).get_or_load(slug, PROJECT_PAGE, Loader())
+    keys = sorted([k.decode() async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")])
+    assert keys == [
+        f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}",
+        f"tessera:{{{slug}}}:0:projects@0:limit=20",
+    ]
+    assert 0 < await shared_redis.pttl(keys[0]) <= 30_000
+
+
+async def test_tenant_b_never_gets_tenant_a_entry_for_the_same_key(shared_redis: Any) -> None:
+    cache = cache_for(shared_redis)
+    tenant_a, tenant_b = new_slug(), new_slug()
+    a = await cache.get_or_load(tenant_a, PROJECT, Loader("a"))
+    b = await cache.get_or_load(tenant_b, PROJECT, Loader("b"))
+    assert a.body == b'{"a":1}' and b.body == b'{"b":1}'
+    assert (await cache.get_or_load(tenant_b, PROJECT, Loader("x"))).body == b'{"b":1}'
+
+
+async def test_only_200_responses_are_stored(shared_redis: Any, slug: str) -> None:
+    cache = cache_for(shared_redis)
+    load = Loader(status=404)
+    await cache.get_or_load(slug, PROJECT, load)
+    await cache.get_or_load(slug, PROJECT, load)
+    assert load.calls == 2
+
+
+async def test_invalidating_a_resource_reaches_another_instance(
+    shared_redis: Any, slug: str
+) -> None:
+    replica_1, replica_2 = cache_for(shared_redis), cache_for(shared_redis)
+    load = Loader()
+    other = CacheKey.resource("projects", "other")
+    await replica_1.get_or_load(slug, PROJECT, load)
+    await replica_1.get_or_load(slug, other, load)
+    await replica_2.invalidate(slug, PROJECT)
+    assert (await replica_1.get_or_load(slug, PROJECT, load)).body == b'{"v":3}'
+    assert (await replica_1.get_or_load(slug, other, load)).body == b'{"v":2}'
+
+
+async def test_invalidating_a_collection_drops_every_page_and_only_those(
+    shared_redis: Any, slug: str
+) -> None:
+    replica_1, replica_2 = cache_for(shared_redis), cache_for(shared_redis)
+    load = Loader()
+    page_2 = CacheKey.page("projects", "limit=20&cursor=abc")
+    tasks_page = CacheKey.page("projects/p1/tasks", "limit=20")
+    for key in (PROJECT_PAGE, page_2, tasks_page, PROJECT):
+        await replica_1.get_or_load(slug, key, load)
+    assert load.calls == 4
+    await replica_2.invalidate(slug, CacheKey.pages("projects"))
+    for key in (PROJECT_PAGE, page_2, tasks_page, PROJECT):
+        await replica_1.get_or_load(slug, key, load)
+    assert load.calls == 6  # both project pages reloaded; the task page and resource kept
+
+
+async def test_generation_bump_drops_all_entries_of_the_tenant_only(shared_redis: Any) -> None:
+    replica_1, replica_2 = cache_for(shared_redis), cache_for(shared_redis)
+    tenant, neighbour = new_slug(), new_slug()
+    load, neighbour_load = Loader(), Loader()
+    for key in (PROJECT, PROJECT_PAGE):
+        await replica_1.get_or_load(tenant, key, load)
+    await replica_1.get_or_load(neighbour, PROJECT, neighbour_load)
+    assert await replica_2.bump_generation(tenant) == 1
+    for key in (PROJECT, PROJECT_PAGE):
+        await replica_1.get_or_load(tenant, key, load)
+    await replica_1.get_or_load(neighbour, PROJECT, neighbour_load)
+    assert (load.calls, neighbour_load.calls) == (4, 1)
+
+
+async def test_a_load_that_races_an_invalidation_is_never_served_afterwards(
+    shared_redis: Any, slug: str
+) -> None:
+    cache = cache_for(shared_redis)
+
+    async def slow_stale_load() -> CachedResponse:
+        # The write and its invalidation happen while this read is loading old data.
+        await cache.invalidate(slug, PROJECT)
+        await cache.bump_generation(slug)
+        return CachedResponse(body=b"stale")
+
+    assert (await cache.get_or_load(slug, PROJECT, slow_stale_load)).body == b"stale"
+    assert (await cache.get_or_load(slug, PROJECT, Loader())).body == b'{"v":1}'
+
+
+async def test_twenty_concurrent_misses_run_the_loader_once(shared_redis: Any, slug: str) -> None:
+    results = Results()
+    cache = cache_for(shared_redis, results)
+    load = Loader(delay=0.2)
+    responses = await asyncio.gather(*(cache.get_or_load(slug, PROJECT, load) for _ in range(20)))
+    assert load.calls == 1
+    assert {r.body for r in responses} == {b'{"v":1}'}
+    assert results.counts == {"miss": 20}
+
+
+async def test_a_failing_load_fails_every_waiter_and_is_retried_next_time(
+    shared_redis: Any, slug: str
+) -> None:
+    cache = cache_for(shared_redis)
+    calls = 0
+
+    async def failing() -> CachedResponse:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        raise LookupError("database said no")
+
+    outcomes = await asyncio.gather(
+        *(cache.get_or_load(slug, PROJECT, failing) for _ in range(5)), return_exceptions=True
+    )
+    assert calls == 1
+    assert all(isinstance(o, LookupError) for o in outcomes)
+    assert (await cache.get_or_load(slug, PROJECT, Loader())).body == b'{"v":1}'
+
+
+async def test_a_cancelled_loader_hands_over_to_a_waiter(shared_redis: Any, slug: str) -> None:
+    cache = cache_for(shared_redis)
+    load = Loader(delay=0.3)
+    leader = asyncio.create_task(cache.get_or_load(slug, PROJECT, load))
+    await asyncio.sleep(0.05)
+    follower = asyncio.create_task(cache.get_or_load(slug, PROJECT, load))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    response = await asyncio.wait_for(follower, 2)
+    assert response.body == b'{"v":2}' and load.calls == 2
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+
+async def test_unreachable_redis_is_bypassed_and_counted_as_error(closed_port_url: str) -> None:
+    results = Results()
+    client = build_redis(redis_settings(closed_port_url))
+    cache = cache_for(client, results, timeout_seconds=0.25)
+    load = Loader()
+    started = time.monotonic()
+    slug = new_slug()
+    first = await cache.get_or_load(slug, PROJECT, load)
+    second = await cache.get_or_load(slug, PROJECT, load)
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    assert await cache.bump_generation(slug) is None
+    assert time.monotonic() - started < 4 * 0.5
+    assert (first.body, second.body, load.calls) == (b'{"v":1}', b'{"v":2}', 2)
+    assert results.counts == {"error": 2}
+    assert cache.outages.failures == 4
+    await client.aclose()
+
+
+async def test_frozen_redis_is_bypassed_within_a_second_and_recovers_by_itself(
+    private_redis: RedisProcess,
+) -> None:
+    results = Results()
+    client = build_redis(redis_settings(private_redis.url, timeout=0.25))
+    cache = cache_for(client, results, timeout_seconds=0.25)
+    slug = new_slug()
+    load = Loader()
+    await cache.get_or_load(slug, PROJECT, load)
+
+    private_redis.freeze()
+    started = time.monotonic()
+    assert (await cache.get_or_load(slug, PROJECT, load)).body == b'{"v":2}'
+    assert time.monotonic() - started < 1.0
+    assert results.counts["error"] == 1
+
+    private_redis.thaw()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = await cache.get_or_load(slug, PROJECT, load)
+        if results.counts["hit"]:
+            break
+    assert response.body == b'{"v":1}'
+    await client.aclose()
+
+
+def test_cached_response_survives_encoding() -> None:
+    response = CachedResponse(
+        body=b'{"a":\n1}', status=200, media_type="application/json", etag='"x"'
+    )
+    assert CachedResponse.decode(response.encode()) == response
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: CacheKey.resource("projects", "a:b"),
+        lambda: CacheKey.resource("pro}jects", "a"),
+        lambda: CacheKey.page("", "x"),
+        lambda: CacheKey("projects"),
+    ],
+)
+def test_ambiguous_cache_names_are_refused(build: Any) -> None:
+    with pytest.raises(ValueError):
+        build()

@@ -1,0 +1,81 @@
+"""The limiter and the cache against a real three-node Redis Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from app.core.redis import build_redis
+from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.services.rate_limiter import RateLimitExceeded, TenantRateLimiter
+from tests.redis_layer.redis_servers import new_slug, redis_settings
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: str) -> AsyncIterator[Any]:
+    client = build_redis(redis_settings(redis_cluster, timeout=2.0))
+    yield client
+    await client.aclose()
+
+
+async def test_limiter_counts_across_two_cluster_clients(
+    redis_cluster: str, cluster_client: Any
+) -> None:
+    other = build_redis(redis_settings(redis_cluster, timeout=2.0))
+    limiters = [
+        TenantRateLimiter(c, default_limit="1/minute", fail_open=False, timeout_seconds=2.0)
+        for c in (cluster_client, other)
+    ]
+    # Tenants land on different slots (and so nodes); each gets exactly its own limit.
+    for slug in [new_slug() for _ in range(6)]:
+        allowed = 0
+        for attempt in range(8):
+            try:
+                await limiters[attempt % 2].check(slug, "4/minute;100/hour")
+                allowed += 1
+            except RateLimitExceeded:
+                pass
+        assert allowed == 4
+    await other.aclose()
+
+
+async def test_cache_hits_invalidates_and_bumps_on_a_cluster(cluster_client: Any) -> None:
+    cache = TenantCache(cluster_client, ttl_seconds=60, timeout_seconds=2.0)
+    calls = 0
+
+    async def load() -> CachedResponse:
+        nonlocal calls
+        calls += 1
+        return CachedResponse(body=str(calls).encode())
+
+    item, page = CacheKey.resource("projects", "p1"), CacheKey.page("projects", "limit=5")
+    for slug in [new_slug() for _ in range(4)]:
+        calls = 0
+        for _ in range(2):
+            await cache.get_or_load(slug, item, load)
+            await cache.get_or_load(slug, page, load)
+        assert calls == 2
+        await cache.invalidate(slug, item, CacheKey.pages("projects"))
+        await cache.get_or_load(slug, item, load)
+        await cache.get_or_load(slug, page, load)
+        assert calls == 4
+        await cache.bump_generation(slug)
+        assert (await cache.get_or_load(slug, item, load)).body == b"5"
+
+
+def test_a_tenant_keys_share_one_slot() -> None:
+    from redis.crc import key_slot
+
+    from app.services.cache import generation_key, version_key
+    from app.services.rate_limiter import parse_windows, window_key
+
+    slug = "acme-corp"
+    keys = [
+        generation_key(slug),
+        version_key(slug, "projects/p1/tasks"),
+        f"tessera:{{{slug}}}:7:projects@3:limit=20",
+        *(window_key(slug, w) for w in parse_windows("10/second;600/minute")),
+    ]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
