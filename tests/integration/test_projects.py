@@ -22,6 +22,7 @@ async def test_get_tenant_describes_the_callers_tenant(
 ) -> None:
     response = await client.get("/v1/tenant", headers=headers)
     assert response.status_code == 200
+    assert response.headers["x-ratelimit-limit"] == "600"
     assert response.json() == {
         "slug": tenant.slug,
         "name": tenant.name,
