@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
-from app.api.endpoints import platform, tenants
+from app.api.dependencies.rate_limit import rate_limit_dependency
+from app.api.dependencies.tenant import get_current_tenant
+from app.api.endpoints import audit, platform, projects, tasks, tenant_self, tenants
 from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
@@ -61,11 +63,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(platform.router)
     app.include_router(tenants.router)
+    app.include_router(tenant_api_router())
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
     metrics.configure(settings.metrics_max_tenants)
     metrics.instrument(app)
     return app
+
+
+def tenant_api_router() -> APIRouter:
+    """Every /v1 route: principal, tenant and rate limit resolve before the endpoint's pinned
+    connection is opened, so a refused request never takes a database connection."""
+    router = APIRouter(dependencies=[Depends(rate_limit_dependency(get_current_tenant))])
+    for resource in (tenant_self.router, projects.router, tasks.router, audit.router):
+        router.include_router(resource)
+    return router
 
 
 def __getattr__(name: str) -> FastAPI:

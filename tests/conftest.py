@@ -31,6 +31,7 @@ from app.db.repositories.tenants import TenantRecord
 from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
+from tests.factories import make_tenant
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -268,3 +269,30 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
+
+
+# --- the tenant API's callers ------------------------------------------------------------
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def auth(make_token: Callable[..., str]) -> Callable[..., Headers]:
+    """`auth(tenant, sub="alice", scopes=...)`: the Authorization header of a tenant's caller."""
+
+    def make(
+        tenant: TenantRecord, sub: str = "alice", scopes: str = "api:read api:write"
+    ) -> Headers:
+        return {"Authorization": f"Bearer {make_token(tenant=tenant.slug, scopes=scopes, sub=sub)}"}
+
+    return make
+
+
+@pytest.fixture
+def headers(tenant: TenantRecord, auth: Callable[..., Headers]) -> Headers:
+    return auth(tenant)
+
+
+@pytest.fixture
+async def other_tenant(engine: AsyncEngine, settings: Settings) -> TenantRecord:
+    return await make_tenant(engine, settings)

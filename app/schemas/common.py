@@ -9,14 +9,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 T = TypeVar("T")
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it up front instead of failing in the database.
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, nor a lone surrogate (a JSON "\ud800" escape decodes to
+    # one, and it has no UTF-8 form); refuse both up front instead of failing in the database.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain unpaired surrogates") from None
     return value
 
 
-SafeStr = Annotated[str, AfterValidator(_no_nul)]
+SafeStr = Annotated[str, AfterValidator(_storable)]
 
 
 class RequestModel(BaseModel):

@@ -1,0 +1,109 @@
+"""Idempotency-Key on creating POSTs: run once, replay the stored response after.
+
+The key's record is written in the request's own transaction, together with what the request
+created, so both commit or neither does (a failed request leaves the key free to retry, and
+no record is ever stuck "in progress"). While a request holds a key it holds a
+transaction-scoped advisory lock on it; a concurrent repeat fails to take the lock without
+waiting and answers 409. A repeat after the commit sees the record and replays it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.core.errors import BadRequest, Conflict, UnprocessableEntity
+from app.db.repositories import idempotency as repo
+from app.db.repositories.idempotency import IdempotencyRecord
+
+KEEP_FOR = timedelta(hours=24)
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Only these headers describe the created resource; the rest belong to the request that sent them.
+REPLAYED_HEADERS = ("location", "etag", "content-type")
+
+
+class InvalidIdempotencyKey(BadRequest):
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReused(UnprocessableEntity):
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def validate_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise InvalidIdempotencyKey(
+            "Idempotency-Key must be 1-255 visible ASCII characters (no spaces)."
+        )
+    return key
+
+
+def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
+    """What makes two requests "the same": method, path and the body as canonical JSON (keys
+    sorted, no insignificant whitespace), so key order and spacing do not matter."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method}\n{path}\n{canonical}".encode()).hexdigest()
+
+
+async def run_once(
+    conn: AsyncConnection,
+    key: str | None,
+    request_hash: str,
+    produce: Callable[[], Awaitable[StoredResponse]],
+) -> tuple[StoredResponse, bool]:
+    """The response for this request, and whether it is a replay of an earlier one."""
+    if key is None:
+        return await produce(), False
+    if not await repo.try_lock_key(conn, key):
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry shortly."
+        )
+    stored = await repo.get_live(conn, key)
+    if stored is not None:
+        if stored.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was used for a different request; use a new key."
+            )
+        return (
+            StoredResponse(
+                status=stored.response_status,
+                body=stored.response_body,
+                headers=stored.response_headers,
+            ),
+            True,
+        )
+    response = await produce()
+    await repo.save_done(
+        conn,
+        IdempotencyRecord(
+            key=key,
+            request_hash=request_hash,
+            response_status=response.status,
+            response_headers={
+                name: value
+                for name, value in response.headers.items()
+                if name.lower() in REPLAYED_HEADERS
+            },
+            response_body=response.body,
+        ),
+        keep_for=KEEP_FOR,
+    )
+    return response, False
