@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,6 +49,8 @@ from app.services.tenants import create_tenant  # noqa: E402
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 BIN = Path(sys.executable).parent
+# The ASGI app under test; overridable so the bench can be pointed at another build of Tessera.
+TESSERA_APP = os.environ.get("BENCH_TESSERA_APP", "app.main:app")
 READ_ROUTE = "/v1/projects/{project_id}"
 TASKS_ROUTE = "/v1/projects/{project_id}/tasks"
 
@@ -327,8 +329,17 @@ class DelayingProxy:
 
         await asyncio.gather(read(), write())
 
+    async def _shutdown(self) -> None:
+        self._server.close()
+        # Cancel the open pipes, so none is left pending when the loop stops.
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -411,18 +422,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--quick", action="store_true", help="smoke run, seconds")
     which.add_argument("--full", action="store_true", help="the run for the record")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--duration", help="wrk duration per scenario (default: by mode)")
+    parser.add_argument(
+        "--duration", help="wrk duration per scenario in seconds, e.g. 5s (default: by mode)"
+    )
+    parser.add_argument(
+        "--scale-max",
+        type=int,
+        help="the largest tenant count of the scaling scenario (full: 1000; the issue's is 10000)",
+    )
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
     if args.duration:
-        mode = Mode(
-            mode.name,
-            args.duration,
-            mode.connections,
-            mode.scale_levels,
-            mode.provision_n,
-            mode.fleet_m,
-        )
+        if not re.fullmatch(r"\d+s", args.duration):
+            parser.error("--duration must be whole seconds, like 5s")
+        mode = replace(mode, duration=args.duration)
+    if args.scale_max:
+        mode = replace(mode, scale_levels=(mode.scale_levels[0], args.scale_max))
     require_wrk()
     command = "uv run python scripts/bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
@@ -517,7 +532,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             "ENVIRONMENT": "development",
             **extra,
         }
-        proc = Proc(name, uvicorn_argv("app.main:app", port), env, tmp)
+        proc = Proc(name, uvicorn_argv(TESSERA_APP, port), env, tmp)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         proc.wait_http(f"{url}/healthz")
@@ -590,11 +605,16 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         f"{time.perf_counter() - started:.1f} s)",
     )
     fleet_slugs = [f"fleet-{n:05d}" for n in range(fleet_size)]
-    fleet_projects = []
-    for slug in fleet_slugs:
-        fleet_projects.append(
-            (await seed_projects(db_url, "tenant_" + slug.replace("-", "_"), 1, 0))[0]
-        )
+    fleet_projects = [str(uuid.uuid4()) for _ in fleet_slugs]
+    conn = await asyncpg.connect(db_url)
+    try:
+        for slug, pid in zip(fleet_slugs, fleet_projects, strict=True):
+            schema = "tenant_" + slug.replace("-", "_")
+            await conn.execute(
+                f'INSERT INTO "{schema}".projects (id, name) VALUES ($1, $2)', uuid.UUID(pid), slug
+            )
+    finally:
+        await conn.close()
 
     # The main tenant: 20 projects of 25 tasks each.
     await create_tenant(
@@ -735,8 +755,13 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             slow, slow_url = start_tessera(
                 "tessera-slow-redis", REDIS_URL=with_port(REDIS_URL, proxy.port)
             )
-            load = start_wrk(slow_url, reads, tmp, **wrk_kw)  # type: ignore[arg-type]
-            time.sleep(0.3)  # let the load reach steady state before probing
+            # The load outlasts the probe by a second on each side, so every probe request
+            # meets a loop that is busy with slow Redis calls.
+            seconds = int(mode.duration.rstrip("s"))
+            load = start_wrk(
+                slow_url, reads, tmp, duration=f"{seconds + 2}s", connections=mode.connections
+            )
+            time.sleep(1.0)
             probe = run_wrk(
                 slow_url, [("/healthz", "")], tmp, duration=mode.duration, connections=4
             )
