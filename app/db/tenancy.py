@@ -23,10 +23,6 @@ RESERVED_SLUGS = frozenset(
 _SLUG_RE = re.compile(SLUG_PATTERN)
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-_PIN_SQL = text(
-    "SELECT set_config('search_path', :search_path, true), set_config('role', :role, true)"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class TenantSchema:
@@ -65,6 +61,26 @@ def quote_ident(name: str) -> str:
     return '"' + name + '"'
 
 
+def pin_sql(tenant: TenantSchema) -> str:
+    """The statement that pins a transaction to `tenant`, with the names inlined.
+
+    Inlining is safe because both names are identifiers we derived and checked
+    (`quote_ident` refuses anything else), and it lets the pin travel in the same
+    simple-protocol round trip as BEGIN.
+    """
+    search_path = quote_ident(tenant.schema)
+    role = quote_ident(tenant.role)[1:-1]
+    return (
+        f"SELECT set_config('search_path', '{search_path}', true), "
+        f"set_config('role', '{role}', true)"
+    )
+
+
+def begin_pinned_sql(tenant: TenantSchema) -> str:
+    """BEGIN and the pin, for one simple-protocol round trip."""
+    return "BEGIN; " + pin_sql(tenant)
+
+
 async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:
     """Pin the open transaction to `tenant`: its schema first on the path, its role in force.
 
@@ -72,7 +88,7 @@ async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:
     ROLLBACK and a pooled connection can never carry them into another tenant's request;
     this also holds behind PgBouncer in transaction mode. One round trip.
     """
-    await conn.execute(_PIN_SQL, {"search_path": quote_ident(tenant.schema), "role": tenant.role})
+    await conn.exec_driver_sql(pin_sql(tenant))
 
 
 _OWNER_PATH_SQL = text("SELECT set_config('search_path', :search_path, true)")

@@ -1,0 +1,159 @@
+"""TenantSession: the request path's pinned transaction running compiled Core statements."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.db.engine import build_engine
+from app.db.models.tenant import idempotency_keys, projects, tasks
+from app.db.repositories.tenants import TenantRecord
+from app.db.session import StatementCache, tenant_session
+from app.db.tenancy import TenantSchema
+
+
+def loc(record: TenantRecord) -> TenantSchema:
+    return TenantSchema(schema=record.schema, role=record.db_role)
+
+
+@pytest.fixture
+async def one_connection(settings: Settings) -> AsyncEngine:
+    engine = build_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    yield engine  # type: ignore[misc]
+    await engine.dispose()
+
+
+async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: TenantRecord) -> None:
+    cache = StatementCache(engine.dialect)
+    project_id, task_id = uuid.uuid4(), uuid.uuid4()
+    now = dt.datetime.now(dt.UTC)
+    async with tenant_session(engine, cache, loc(tenant)) as session:
+        await session.execute(
+            insert(projects).values(id=project_id, name="p\u00e9", created_at=now)
+        )
+        row = (
+            await session.execute(
+                insert(tasks)
+                .values(
+                    id=task_id,
+                    project_id=project_id,
+                    title="t",
+                    labels=["a", "b"],
+                    due_date=dt.date(2030, 2, 28),
+                    created_by="me",
+                    assignee=None,
+                )
+                .returning(tasks)
+            )
+        ).one()
+        assert row.labels == ["a", "b"] and row.due_date == dt.date(2030, 2, 28)
+        assert row._mapping["assignee"] is None and row.id == task_id
+        await session.execute(
+            pg_insert(idempotency_keys).values(
+                key="k",
+                request_hash="h",
+                state="done",
+                response_status=201,
+                response_headers={"Location": "/x"},
+                response_body=b"\x00\x01",
+                expires_at=now + dt.timedelta(days=1),
+            )
+        )
+        stored = (
+            await session.execute(
+                select(idempotency_keys.c.response_headers, idempotency_keys.c.response_body)
+            )
+        ).one()
+        assert stored.response_headers == {"Location": "/x"}
+        assert stored.response_body == b"\x00\x01"
+        fetched = (await session.execute(select(projects).where(projects.c.id == project_id))).one()
+        assert fetched.name == "p\u00e9" and fetched.created_at == now
+
+
+async def test_same_statement_shape_reuses_the_compiled_form_with_new_values(
+    engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    cache = StatementCache(engine.dialect)
+    ids = [uuid.uuid4() for _ in range(3)]
+    async with tenant_session(engine, cache, loc(tenant)) as session:
+        for i, project_id in enumerate(ids):
+            await session.execute(insert(projects).values(id=project_id, name=f"n{i}"))
+        for i, project_id in enumerate(ids):
+            name = await session.scalar(select(projects.c.name).where(projects.c.id == project_id))
+            assert name == f"n{i}"
+        # IN lists change the SQL with their length: each length still answers correctly.
+        for size in (1, 2, 3):
+            found = (
+                await session.execute(select(projects.c.id).where(projects.c.id.in_(ids[:size])))
+            ).scalars()
+            assert set(found) == set(ids[:size])
+        bumped = (
+            await session.execute(
+                update(projects)
+                .where(projects.c.id == ids[0], projects.c.version.in_([1, 5]))
+                .values(version=projects.c.version + 1)
+                .returning(projects.c.version)
+            )
+        ).scalar()
+        assert bumped == 2
+        assert await session.scalar(text("SELECT CAST(:x AS int) + 1"), {"x": 41}) == 42
+        assert await session.scalar(select(func.count()).select_from(projects)) == 3
+        assert (
+            await session.scalar(
+                select(projects.c.name).where(projects.c.name == bindparam("n")), {"n": "n2"}
+            )
+            == "n2"
+        )
+
+
+async def test_session_is_pinned_and_the_pin_ends_with_it(
+    one_connection: AsyncEngine, tenant: TenantRecord
+) -> None:
+    cache = StatementCache(one_connection.dialect)
+    async with tenant_session(one_connection, cache, loc(tenant)) as session:
+        who = (await session.execute(text("SELECT current_user, current_schema()"))).one()
+        assert tuple(who) == (tenant.db_role, tenant.schema)
+    async with one_connection.connect() as conn:  # the same pooled connection
+        row = (
+            await conn.execute(text("SELECT current_user, current_setting('search_path')"))
+        ).one()
+        assert row[0] != tenant.db_role and tenant.schema not in row[1]
+
+
+async def test_an_error_rolls_everything_back(engine: AsyncEngine, tenant: TenantRecord) -> None:
+    cache = StatementCache(engine.dialect)
+    project_id = uuid.uuid4()
+    with pytest.raises(RuntimeError):
+        async with tenant_session(engine, cache, loc(tenant)) as session:
+            await session.execute(insert(projects).values(id=project_id, name="gone"))
+            raise RuntimeError("boom")
+    async with tenant_session(engine, cache, loc(tenant)) as session:
+        assert (
+            await session.scalar(select(projects.c.id).where(projects.c.id == project_id)) is None
+        )
+
+
+async def test_cancelled_request_never_leaks_its_transaction_or_pin(
+    one_connection: AsyncEngine, tenant: TenantRecord
+) -> None:
+    cache = StatementCache(one_connection.dialect)
+
+    async def slow() -> None:
+        async with tenant_session(one_connection, cache, loc(tenant)) as session:
+            await session.execute(text("SELECT pg_sleep(5)"))
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with one_connection.connect() as conn:
+        row = (await conn.execute(text("SELECT current_user, now() = statement_timestamp()"))).one()
+        assert row[0] != tenant.db_role
