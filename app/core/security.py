@@ -249,11 +249,14 @@ class TokenVerifier:
         return self._claims_from(decoded.claims)
 
     def _claims_from(self, raw: dict[str, Any]) -> Claims:
+        subject = raw["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise InvalidToken("The bearer token's sub claim is not a string.")
         tenant = raw.get(self._settings.auth_tenant_claim)
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise InvalidToken("The bearer token's tenant claim is not a string.")
         return Claims(
-            subject=raw["sub"],
+            subject=subject,
             tenant=tenant,
             scopes=_scopes(raw),
             expires_at=float(raw["exp"]),

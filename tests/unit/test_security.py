@@ -254,6 +254,7 @@ REJECTED: dict[str, Forge] = {
     "missing_sub": _mint(sub=None),
     "missing_aud": _mint(aud=None),
     "empty_sub": _mint(sub=""),
+    "sub_not_a_string": _mint(sub=42),
     "exp_not_a_number": _mint(exp="tomorrow"),
     "tenant_not_a_string": _mint(tenant=["acme", "globex"]),
     "scope_not_a_string": _mint(scope={"api": "read"}),
