@@ -71,10 +71,27 @@ async def test_entries_live_under_the_tenant_hash_tag_with_the_ttl(
     await cache_for(shared_redis).get_or_load(slug, PROJECT_PAGE, Loader())
     keys = sorted([k.decode() async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")])
     assert keys == [
-        f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}",
+        f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}@0",
         f"tessera:{{{slug}}}:0:projects@0:limit=20",
     ]
     assert 0 < await shared_redis.pttl(keys[0]) <= 30_000
+
+
+async def test_an_invalidation_sets_versions_that_expire_after_twice_the_ttl(
+    shared_redis: Any, slug: str
+) -> None:
+    cache = cache_for(shared_redis, ttl_seconds=30)
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    versions = [
+        f"tessera:{{{slug}}}:ver:projects",
+        f"tessera:{{{slug}}}:ver:projects:{PROJECT.resource_id}",
+    ]
+    for key in versions:
+        assert 30_000 < await shared_redis.pttl(key) <= 60_000
+    before = [await shared_redis.get(key) for key in versions]
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    after = [await shared_redis.get(key) for key in versions]
+    assert all(b != a for b, a in zip(before, after, strict=True))
 
 
 async def test_tenant_b_never_gets_tenant_a_entry_for_the_same_key(shared_redis: Any) -> None:
@@ -150,6 +167,39 @@ async def test_a_load_that_races_an_invalidation_is_never_served_afterwards(
 
     assert (await cache.get_or_load(slug, PROJECT, slow_stale_load)).body == b"stale"
     assert (await cache.get_or_load(slug, PROJECT, Loader())).body == b'{"v":1}'
+
+
+@pytest.mark.parametrize(
+    "written",
+    [PROJECT, PROJECT_PAGE],
+    ids=["resource", "page"],
+)
+async def test_a_load_that_races_only_its_own_invalidation_is_never_served_afterwards(
+    shared_redis: Any, slug: str, written: CacheKey
+) -> None:
+    # No generation bump here: invalidating the one entry must be enough on its own.
+    reader, writer = cache_for(shared_redis), cache_for(shared_redis)
+
+    async def stale_load() -> CachedResponse:
+        await writer.invalidate(slug, written)  # the write commits while this read loads
+        return CachedResponse(body=b"stale")
+
+    assert (await reader.get_or_load(slug, written, stale_load)).body == b"stale"
+    assert (await reader.get_or_load(slug, written, Loader())).body == b'{"v":1}'
+
+
+async def test_zero_ttl_turns_the_cache_off_without_asking_redis(
+    shared_redis: Any, slug: str
+) -> None:
+    results = Results()
+    cache = cache_for(shared_redis, results, ttl_seconds=0)
+    load = Loader()
+    await cache.get_or_load(slug, PROJECT, load)
+    await cache.get_or_load(slug, PROJECT, load)
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    assert load.calls == 2
+    assert results.counts == {}
+    assert [k async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")] == []
 
 
 async def test_twenty_concurrent_misses_run_the_loader_once(shared_redis: Any, slug: str) -> None:

@@ -75,6 +75,7 @@ def test_a_tenant_keys_share_one_slot() -> None:
     keys = [
         generation_key(slug),
         version_key(slug, "projects/p1/tasks"),
+        version_key(slug, "tasks:0b9c6d3e-1111-4222-8333-444455556666"),
         f"tessera:{{{slug}}}:7:projects@3:limit=20",
         *(window_key(slug, w) for w in parse_windows("10/second;600/minute")),
     ]
