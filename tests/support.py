@@ -7,13 +7,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories.tenants import TenantRecord
-from app.db.tenancy import TenantSchema, pin_tenant
+from app.db.tenancy import TenantSchema, tenant_transaction
 
 
 async def count_rows(engine: AsyncEngine, tenant: TenantRecord, table: str) -> int:
     """Rows in one of the tenant's tables, read through the same pinning as a request."""
-    async with engine.connect() as conn, conn.begin():
-        await pin_tenant(conn, TenantSchema(schema=tenant.schema, role=tenant.db_role))
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    async with tenant_transaction(engine, location) as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.api.dependencies.tenant import CurrentTenant
-from app.db.tenancy import pin_tenant
+from app.db.tenancy import tenant_transaction
 
 
 def get_engine(request: Request) -> AsyncEngine:
@@ -28,9 +28,7 @@ async def get_tenant_connection(
     Commits when the endpoint returns, rolls back when it raises; both happen before the
     response is sent (scope="function" below), so a failed commit is never a 2xx.
     """
-    engine: AsyncEngine = request.app.state.engine
-    async with engine.connect() as conn, conn.begin():
-        await pin_tenant(conn, tenant.location)
+    async with tenant_transaction(request.app.state.engine, tenant.location) as conn:
         yield conn
 
 
