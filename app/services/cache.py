@@ -186,6 +186,11 @@ class TenantCache:
         # In-process single flight: concurrent misses on one entry share one load. Across
         # replicas an entry may be computed more than once, which is harmless.
         self._flights: dict[str, asyncio.Future[CachedResponse]] = {}
+        # Tenants whose invalidation did not reach Redis: what Redis holds for them may
+        # predate a committed write. Their next use of the cache on this replica bumps the
+        # generation first, and reads bypass the cache until that bump gets through, so a
+        # client reads its own writes back even across a Redis blip or restart.
+        self._unflushed: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -206,6 +211,8 @@ class TenantCache:
             return await load()
         try:
             async with asyncio.timeout(self.timeout_seconds):
+                if tenant_slug in self._unflushed:
+                    await self._flush(tenant_slug)
                 lookup, raw = await self._run_lookup(tenant_slug, key)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
@@ -223,19 +230,25 @@ class TenantCache:
         """Drop what a write touched, once it has committed and before its response is sent.
 
         A resource key drops that one entry; a page key (or `CacheKey.pages`) drops every
-        page of the collection. Redis trouble is logged and swallowed: entries then live
-        at most CACHE_TTL_SECONDS. Nothing to do when the cache is off.
+        page of the collection. Redis trouble is logged and swallowed, and the tenant's
+        generation is bumped when Redis answers again (on this replica's next use of the
+        cache for the tenant); until then other replicas may serve the old entries, for at
+        most CACHE_TTL_SECONDS. Nothing to do when the cache is off.
         """
         if not self.enabled or not keys:
             return
         redis_keys = sorted({version_key(tenant_slug, k.versioned) for k in keys})
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await self._invalidate(
-                    keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
-                )
+                if tenant_slug in self._unflushed:
+                    await self._flush(tenant_slug)  # wider than these keys: covers them
+                else:
+                    await self._invalidate(
+                        keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
+                    )
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
+            self._unflushed.add(tenant_slug)
 
     async def bump_generation(self, tenant_slug: str) -> int | None:
         """Drop every entry of the tenant at once (delete, restore, migrations).
@@ -246,10 +259,16 @@ class TenantCache:
         """
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                return int(await self.redis.incr(generation_key(tenant_slug)))
+                return await self._flush(tenant_slug)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
+            self._unflushed.add(tenant_slug)
             return None
+
+    async def _flush(self, tenant_slug: str) -> int:
+        generation = int(await self.redis.incr(generation_key(tenant_slug)))
+        self._unflushed.discard(tenant_slug)
+        return generation
 
     async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[_Lookup, bytes | None]:
         gen_key = generation_key(tenant_slug)
