@@ -32,6 +32,7 @@ from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
 from tests.factories import make_tenant
+from tests.support import running_app
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -271,6 +272,14 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+@pytest.fixture
+async def second_client(settings: Settings, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Another replica beside `app`: its own pool, Redis client, registry and cache process
+    state, sharing the database and Redis, as two pods behind one load balancer do."""
+    async with running_app(settings) as (_, replica):
+        yield replica
+
+
 # --- the tenant API's callers ------------------------------------------------------------
 
 Headers = dict[str, str]
@@ -291,6 +300,12 @@ def auth(make_token: Callable[..., str]) -> Callable[..., Headers]:
 @pytest.fixture
 def headers(tenant: TenantRecord, auth: Callable[..., Headers]) -> Headers:
     return auth(tenant)
+
+
+@pytest.fixture
+def admin(make_token: MakeToken) -> Headers:
+    """The Authorization header of a platform admin (no tenant claim)."""
+    return {"Authorization": "Bearer " + make_token(tenant=None, scopes="platform:admin")}
 
 
 @pytest.fixture
