@@ -7,51 +7,31 @@ What is cached: single projects and tasks, and pages of the project and task lis
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core import metrics
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema, tenant_transaction
 from app.services.cache import CacheKey
 from tests.factories import post_project, post_task
-from tests.metrics_support import parse_samples, value
+from tests.metrics_support import CacheMeter, parse_samples, value
+from tests.redis_layer.redis_servers import RedisProcess, start_redis, stop_redis
 from tests.support import assert_problem, running_app
 
 Headers = dict[str, str]
-
-
-def cache_results() -> Counter[str]:
-    """tessera_cache_requests_total by result, as the process registry holds it now."""
-    counts: Counter[str] = Counter()
-    for result in metrics.CACHE_RESULTS:
-        sample = metrics.REGISTRY.get_sample_value(
-            "tessera_cache_requests_total", {"result": result}
-        )
-        counts[result] = int(sample or 0)
-    return counts
-
-
-class CacheMeter:
-    """What the cache reported between two points of a test."""
-
-    def __init__(self) -> None:
-        self.start = cache_results()
-
-    def delta(self) -> dict[str, int]:
-        now = cache_results()
-        return {result: now[result] - self.start[result] for result in metrics.CACHE_RESULTS}
 
 
 @contextmanager
@@ -467,3 +447,155 @@ async def until_within(
         if time.monotonic() - started > seconds:
             pytest.fail(f"{url} did not change on every replica within {seconds} s")
         await asyncio.sleep(0.05)
+
+
+# --- Redis faults ----------------------------------------------------------------------
+
+
+class RestartableRedis:
+    """A redis-server of the test's own, which it may stop, start again on the same port
+    (with its data: append-only file on), or freeze (SIGSTOP) without hurting others."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.process: RedisProcess | None = start_redis(directory, "--appendonly", "yes")
+        self.port = self.process.port
+        self.url = self.process.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_redis(self.process)
+            self.process = None
+
+    def start(self) -> None:
+        self.process = start_redis(self.directory, "--appendonly", "yes", port=self.port)
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.freeze()
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.thaw()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RestartableRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RestartableRedis(tmp_path)
+    yield server
+    server.stop()
+
+
+class Timed:
+    """A client whose every call is timed: under a Redis fault none may take a second."""
+
+    def __init__(self, client: httpx.AsyncClient, headers: Headers) -> None:
+        self.client, self.headers = client, headers
+        self.slowest = 0.0
+
+    async def __call__(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        started = time.monotonic()
+        response = await self.client.request(method, url, headers=self.headers, **kwargs)
+        self.slowest = max(self.slowest, time.monotonic() - started)
+        return response
+
+
+async def until_cached_and_limited(call: Timed, url: str, seconds: float = 5.0) -> httpx.Response:
+    """Read `url` until the limiter's headers are back and the read was a cache hit."""
+    deadline = time.monotonic() + seconds
+    while True:
+        meter = CacheMeter()
+        response = await call("GET", url)
+        if "x-ratelimit-limit" in response.headers and meter.delta()["hit"] == 1:
+            return response
+        if time.monotonic() > deadline:
+            pytest.fail(f"caching and limiting did not resume within {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_stopped_mid_run_then_started_again_on_the_same_port(
+    settings: Settings, tenant: TenantRecord, headers: Headers, redis_server: RestartableRedis
+) -> None:
+    timeout = settings.redis_timeout_seconds
+    async with running_app(settings.model_copy(update={"redis_url": redis_server.url})) as (
+        app,
+        client,
+    ):
+        call = Timed(client, headers)
+        project = await post_project(client, headers, name="before")
+        url = f"/v1/projects/{project['id']}"
+        await call("GET", url)
+        await until_cached_and_limited(call, url)
+
+        redis_server.stop()
+        meter = CacheMeter()
+        read = await call("GET", url)
+        assert (read.status_code, read.json()["name"]) == (200, "before")
+        assert "x-ratelimit-limit" not in read.headers  # failing open: nothing true to say
+        assert (await call("PATCH", url, json={"name": "during"})).json()["name"] == "during"
+        assert (await call("GET", url)).json()["name"] == "during"
+        second = (await call("POST", "/v1/projects", json={"name": "second"})).json()
+        task = (await call("POST", f"{url}/tasks", json={"title": "t"})).json()
+        listed = (await call("GET", "/v1/projects")).json()["items"]
+        assert [(p["id"], p["name"]) for p in listed] == [
+            (second["id"], "second"),
+            (project["id"], "during"),
+        ]
+        assert (await call("GET", f"{url}/tasks")).json()["items"] == [task]
+        assert (await call("DELETE", f"/v1/projects/{second['id']}")).status_code == 204
+        assert_problem(await call("GET", f"/v1/projects/{second['id']}"), 404, "project_not_found")
+        ready = await call("GET", "/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ok", "checks": {"database": "ok", "redis": "degraded"}}
+        assert meter.delta()["hit"] == 0 and meter.delta()["error"] >= 5
+        # A stopped Redis refuses connections at once: no request waits even one timeout
+        # (a frozen one is bounded by the timeouts, below).
+        assert call.slowest < timeout, call.slowest
+
+        # Back on the same port, with its data: the entry cached before the PATCH returns
+        # with it, and must not be served; caching and limiting resume by themselves.
+        redis_server.start()
+        with redis.Redis(port=redis_server.port) as direct:
+            old_entries = direct.keys(f"tessera:{{{tenant.slug}}}:0:projects:{project['id']}@*")
+        assert len(old_entries) == 1
+        response = await until_cached_and_limited(call, url)
+        assert response.json()["name"] == "during"
+        assert response.headers["etag"] == f'"{project["id"]}-2"'
+        listed = (await call("GET", "/v1/projects")).json()["items"]
+        assert [p["id"] for p in listed] == [project["id"]]
+        assert (await call("GET", "/readyz")).json()["checks"]["redis"] == "ok"
+
+
+async def test_frozen_redis_delays_no_request_beyond_one_second(
+    settings: Settings, headers: Headers, redis_server: RestartableRedis
+) -> None:
+    async with running_app(settings.model_copy(update={"redis_url": redis_server.url})) as (
+        _,
+        client,
+    ):
+        call = Timed(client, headers)
+        project = await post_project(client, headers, name="before")
+        url = f"/v1/projects/{project['id']}"
+        await call("GET", url)
+        await until_cached_and_limited(call, url)
+
+        redis_server.freeze()
+        try:
+            call.slowest = 0.0
+            assert (await call("GET", url)).json()["name"] == "before"
+            assert (await call("PATCH", url, json={"name": "frozen"})).status_code == 200
+            assert (await call("GET", url)).json()["name"] == "frozen"
+            assert (await call("POST", "/v1/projects", json={"name": "x"})).status_code == 201
+            assert len((await call("GET", "/v1/projects")).json()["items"]) == 2
+            assert (await call("GET", "/v1/tenant")).status_code == 200
+            ready = await call("GET", "/readyz")
+            assert (ready.status_code, ready.json()["checks"]["redis"]) == (200, "degraded")
+            # The contract's bound under a frozen Redis, not a benchmark.
+            assert call.slowest < 1.0, call.slowest
+        finally:
+            redis_server.thaw()
+
+        response = await until_cached_and_limited(call, url)
+        assert response.json()["name"] == "frozen"
