@@ -3,13 +3,15 @@ real token issuer (the dev issuer) served over HTTP on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,10 +45,16 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def run_in_own_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run in a thread of its own. This session fixture may first be needed in the
+    middle of a run (say, by the one test of tests/redis_layer that uses the database),
+    when asyncio.run on the main thread would unset pytest-asyncio's event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
 @pytest.fixture(scope="session")
 def database_name() -> Iterator[str]:
-    import asyncio
-
     name = f"tessera_test_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
@@ -63,10 +71,10 @@ def database_name() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_in_own_loop(create())
     yield name
-    asyncio.run(drop())
-    asyncio.run(_drop_test_roles())
+    run_in_own_loop(drop())
+    run_in_own_loop(_drop_test_roles())
 
 
 @pytest.fixture(scope="session")
