@@ -28,7 +28,7 @@ from app.db.tenancy import TenantSchema, tenant_transaction
 from app.services.cache import CacheKey
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter, parse_samples, value
-from tests.redis_layer.redis_servers import RedisProcess, start_redis, stop_redis
+from tests.redis_layer.redis_servers import RedisProcess, free_port, start_redis, stop_redis
 from tests.support import assert_problem, running_app
 
 Headers = dict[str, str]
@@ -398,6 +398,31 @@ async def test_zero_ttl_reads_from_the_database_and_keeps_nothing_in_redis(
         keys = [k async for k in app.state.redis.scan_iter(match=f"tessera:{{{tenant.slug}}}:*")]
         # Only the limiter's window counter: no entries, versions or generation.
         assert [k.decode() for k in keys] == [f"tessera:{{{tenant.slug}}}:rl:60s"]
+
+
+async def test_a_new_tenant_with_a_deleted_tenants_slug_never_reads_its_entries(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    admin: Headers,
+    make_token: Callable[..., str],
+    unique_slug: Callable[[str], str],
+) -> None:
+    slug = unique_slug("reuse")
+    tenant_url = f"/admin/v1/tenants/{slug}"
+    headers = {"Authorization": f"Bearer {make_token(tenant=slug)}"}
+    body = {"slug": slug, "name": "First"}
+    assert (await client.post("/admin/v1/tenants", json=body, headers=admin)).status_code == 201
+    await post_project(client, headers, name="the first tenant's")
+    assert len((await client.get("/v1/projects", headers=headers)).json()["items"]) == 1
+    assert (await client.post(f"{tenant_url}/suspend", headers=admin)).status_code == 200
+    # Deleted through a replica that cannot reach Redis: its generation bump is lost.
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    async with running_app(settings.model_copy(update={"redis_url": closed})) as (_, cut_off):
+        assert (await cut_off.delete(tenant_url, headers=admin)).status_code == 204
+
+    body = {"slug": slug, "name": "Second"}
+    assert (await client.post("/admin/v1/tenants", json=body, headers=admin)).status_code == 201
+    assert (await client.get("/v1/projects", headers=headers)).json()["items"] == []
 
 
 # --- GET /v1/tenant --------------------------------------------------------------------
