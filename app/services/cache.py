@@ -251,7 +251,8 @@ class TenantCache:
             self._unflushed.add(tenant_slug)
 
     async def bump_generation(self, tenant_slug: str) -> int | None:
-        """Drop every entry of the tenant at once (delete, restore, migrations).
+        """Drop every entry of the tenant at once (a project or the tenant deleted, a tenant
+        created under the slug, a migration).
 
         Done even when this process has the cache off: other replicas, or this one after a
         restart, may have it on, and a new tenant with the same slug must never see these
