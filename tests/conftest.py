@@ -3,13 +3,15 @@ real token issuer (the dev issuer) served over HTTP on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +34,7 @@ from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
 from tests.factories import make_tenant
+from tests.support import running_app
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -42,10 +45,16 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def run_in_own_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run in a thread of its own. This session fixture may first be needed in the
+    middle of a run (say, by the one test of tests/redis_layer that uses the database),
+    when asyncio.run on the main thread would unset pytest-asyncio's event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
 @pytest.fixture(scope="session")
 def database_name() -> Iterator[str]:
-    import asyncio
-
     name = f"tessera_test_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
@@ -62,10 +71,10 @@ def database_name() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_in_own_loop(create())
     yield name
-    asyncio.run(drop())
-    asyncio.run(_drop_test_roles())
+    run_in_own_loop(drop())
+    run_in_own_loop(_drop_test_roles())
 
 
 @pytest.fixture(scope="session")
@@ -286,6 +295,14 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+@pytest.fixture
+async def second_client(settings: Settings, app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Another replica beside `app`: its own pool, Redis client, registry and cache process
+    state, sharing the database and Redis, as two pods behind one load balancer do."""
+    async with running_app(settings) as (_, replica):
+        yield replica
+
+
 # --- the tenant API's callers ------------------------------------------------------------
 
 Headers = dict[str, str]
@@ -306,6 +323,12 @@ def auth(make_token: Callable[..., str]) -> Callable[..., Headers]:
 @pytest.fixture
 def headers(tenant: TenantRecord, auth: Callable[..., Headers]) -> Headers:
     return auth(tenant)
+
+
+@pytest.fixture
+def admin(make_token: MakeToken) -> Headers:
+    """The Authorization header of a platform admin (no tenant claim)."""
+    return {"Authorization": "Bearer " + make_token(tenant=None, scopes="platform:admin")}
 
 
 @pytest.fixture

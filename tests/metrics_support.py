@@ -1,10 +1,13 @@
-"""Helpers for tests that read /metrics: parse the text format into samples and names."""
+"""Helpers for tests that read metrics: /metrics text into samples and names; cache results."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from app.core import metrics
 
 # The sample names each metric type exposes besides its family name.
 _SUFFIXES = {
@@ -48,3 +51,25 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
             return sample.value
     return 0.0
+
+
+def cache_results() -> Counter[str]:
+    """tessera_cache_requests_total by result, as the process registry holds it now."""
+    counts: Counter[str] = Counter()
+    for result in metrics.CACHE_RESULTS:
+        sample = metrics.REGISTRY.get_sample_value(
+            "tessera_cache_requests_total", {"result": result}
+        )
+        counts[result] = int(sample or 0)
+    return counts
+
+
+class CacheMeter:
+    """What the cache reported between two points of a test."""
+
+    def __init__(self) -> None:
+        self.start = cache_results()
+
+    def delta(self) -> dict[str, int]:
+        now = cache_results()
+        return {result: now[result] - self.start[result] for result in metrics.CACHE_RESULTS}

@@ -1,19 +1,37 @@
-"""Assertions and direct reads shared by the tenant API tests."""
+"""Assertions, direct reads and extra app instances shared by the tenant API tests."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
-from app.db.tenancy import TenantSchema, pin_tenant
+from app.db.tenancy import TenantSchema, tenant_transaction
+from app.main import create_app
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """A Tessera app of its own (lifespan run: pool, Redis client, registry, cache) and a
+    client that calls it over ASGI."""
+    application = create_app(settings)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield application, client
 
 
 async def count_rows(engine: AsyncEngine, tenant: TenantRecord, table: str) -> int:
     """Rows in one of the tenant's tables, read through the same pinning as a request."""
-    async with engine.connect() as conn, conn.begin():
-        await pin_tenant(conn, TenantSchema(schema=tenant.schema, role=tenant.db_role))
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    async with tenant_transaction(engine, location) as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 

@@ -8,9 +8,11 @@ import sys
 import time
 from typing import Any
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
+from app.core.redis import build_redis
 from app.db.engine import build_engine
 from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
+from app.services.cache import TenantCache
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +40,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate_async(args: argparse.Namespace) -> int:
-    engine = build_engine(get_settings())
+    settings = get_settings()
+    engine = build_engine(settings)
     started = time.monotonic()
     try:
         shared_head = await migrate_shared(engine)
@@ -54,7 +57,37 @@ async def _migrate_async(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     print_report(report, time.monotonic() - started)
+    await drop_cached_reads(settings, report.migrated)
     return 0 if report.ok else 1
+
+
+async def drop_cached_reads(settings: Settings, slugs: list[str]) -> None:
+    """Bump the cache generation of tenants whose data just changed outside a request (a
+    migration, or a slug given to a new tenant): their cached responses may predate it.
+
+    Redis being unreachable never fails the command; the entries then expire within
+    CACHE_TTL_SECONDS.
+    """
+    if not slugs:
+        return
+    redis = build_redis(settings)
+    cache = TenantCache(
+        redis,
+        ttl_seconds=settings.cache_ttl_seconds,
+        timeout_seconds=settings.redis_timeout_seconds,
+    )
+    try:
+        for done, slug in enumerate(slugs):
+            if await cache.bump_generation(slug) is None:
+                # One timeout, not one per tenant: the rest would fail the same way.
+                print(
+                    f"warning: Redis unreachable; cached reads of {len(slugs) - done} "
+                    "tenant(s) expire within CACHE_TTL_SECONDS instead",
+                    file=sys.stderr,
+                )
+                break
+    finally:
+        await redis.aclose()
 
 
 def _progress_bar(done: int, total: int, slug: str, ok: bool) -> None:
@@ -122,5 +155,6 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
         return 1
     finally:
         await engine.dispose()
+    await drop_cached_reads(settings, [record.slug])  # as the admin API does
     print(f"tenant {record.slug} created: schema {record.schema} at {record.schema_version}")
     return 0

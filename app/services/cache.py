@@ -2,13 +2,21 @@
 
 Key layout (the braces are the Redis Cluster hash tag: every key of a tenant on one slot):
 
-    tessera:{acme}:gen                      the tenant's generation; a bump drops everything
-    tessera:{acme}:ver:<collection>         a collection's version; a bump drops all its pages
-    tessera:{acme}:<gen>:<collection>:<id>           one resource
-    tessera:{acme}:<gen>:<collection>@<ver>:<query>  one page of a collection's listing
+    tessera:{acme}:gen                          the tenant's generation; a bump drops everything
+    tessera:{acme}:ver:<collection>             a collection's version; a change drops its pages
+    tessera:{acme}:ver:<collection>:<id>        one resource's version
+    tessera:{acme}:<gen>:<collection>:<id>@<ver>         one resource
+    tessera:{acme}:<gen>:<collection>@<ver>:<query>      one page of a collection's listing
 
-Counters never expire: were one to vanish and restart at 0, entries written under an older
-0 could be served again. A deleted tenant leaves those few bytes behind.
+Invalidating never deletes an entry: it gives the version a new random value, so readers
+look elsewhere and the old entry expires with its TTL. An entry is stored only if the
+generation and version are still the ones its lookup saw (compare-and-set in one script),
+so a read that loaded old data while a write committed can never publish it afterwards.
+
+The generation is a counter that never expires (it also separates a deleted tenant from a
+new one with the same slug). Versions expire 2 x CACHE_TTL_SECONDS after their last change:
+an absent version reads as "0" again, which is safe because every entry stored under "0"
+was stored before the first change and has expired by then; random values never recur.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,34 +38,35 @@ CacheResult = Literal["hit", "miss", "error"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
 
-# One round trip for a lookup: read the generation (and the collection version for a page),
-# build the entry key, read the entry. The key is returned so that a miss is stored under
-# the versions seen *before* loading: a write that invalidates meanwhile moves readers to a
-# new key, and the late store lands where nobody looks. Entry keys are built inside the
-# script, which Redis Cluster accepts because they share the tenant's hash tag (slot).
+# One round trip for a lookup: read the generation and the version (the collection's for a
+# page, the resource's otherwise), build the entry key, read the entry. The key and what was
+# seen come back so that a miss is stored only under those (see _STORE_LUA). Entry keys are
+# built inside the script, which Redis Cluster accepts because they share the tenant's hash
+# tag (slot).
+# KEYS: generation, version. ARGV: prefix, "<collection>" or "<collection>:<id>", tail.
 _LOOKUP_LUA = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-local key = ARGV[1] .. generation .. ':' .. ARGV[2]
-if #KEYS > 1 then
-  key = key .. '@' .. (redis.call('GET', KEYS[2]) or '0')
-end
-key = key .. ':' .. ARGV[3]
-return {key, redis.call('GET', key)}
+local version = redis.call('GET', KEYS[2]) or '0'
+local key = ARGV[1] .. generation .. ':' .. ARGV[2] .. '@' .. version .. ARGV[3]
+return {key, redis.call('GET', key), generation, version}
 """
 
-# One round trip for a write: drop the named resources under the current generation and
-# bump the named collections' versions (all their pages at once, O(1)).
-# ARGV: prefix, number of resources, resource suffixes...
+# Store a loaded response only if nothing was invalidated since its lookup.
+# KEYS: generation, version, entry. ARGV: generation seen, version seen, value, TTL in ms.
+_STORE_LUA = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# One round trip for a write: a fresh version for every resource and collection it touched.
+# KEYS: version keys. ARGV: the new version, its TTL in ms.
 _INVALIDATE_LUA = """
-local generation = redis.call('GET', KEYS[1]) or '0'
-local resources = tonumber(ARGV[2])
-for i = 1, resources do
-  redis.call('DEL', ARGV[1] .. generation .. ':' .. ARGV[2 + i])
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
 end
-for i = 2, #KEYS do
-  redis.call('INCR', KEYS[i])
-end
-return resources + #KEYS - 1
+return #KEYS
 """
 
 
@@ -97,6 +107,11 @@ class CacheKey:
     def is_page(self) -> bool:
         return self.query is not None
 
+    @property
+    def versioned(self) -> str:
+        """What carries this entry's version: the collection for a page, else the resource."""
+        return self.collection if self.is_page else f"{self.collection}:{self.resource_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
@@ -130,8 +145,20 @@ def generation_key(tenant_slug: str) -> str:
     return f"{tenant_prefix(tenant_slug)}gen"
 
 
-def version_key(tenant_slug: str, collection: str) -> str:
-    return f"{tenant_prefix(tenant_slug)}ver:{collection}"
+def version_key(tenant_slug: str, versioned: str) -> str:
+    """The version of a collection's pages (`projects`) or of one resource (`projects:<id>`)."""
+    return f"{tenant_prefix(tenant_slug)}ver:{versioned}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """Where a miss goes, and the generation and version its store must still find."""
+
+    entry_key: str
+    generation_key: str
+    version_key: str
+    generation: bytes
+    version: bytes
 
 
 class TenantCache:
@@ -148,14 +175,26 @@ class TenantCache:
     ) -> None:
         self.redis = redis
         self.ttl_ms = ttl_seconds * 1000
+        # A version outlives every entry stored under the value it replaced (module doc).
+        self.version_ttl_ms = 2 * self.ttl_ms
         self.timeout_seconds = timeout_seconds
         self.on_result = on_result
         self.outages = RedisOutageLog("cache", interval_seconds=outage_log_interval_seconds)
         self._lookup = redis.register_script(_LOOKUP_LUA)
+        self._store_if_current = redis.register_script(_STORE_LUA)
         self._invalidate = redis.register_script(_INVALIDATE_LUA)
         # In-process single flight: concurrent misses on one entry share one load. Across
         # replicas an entry may be computed more than once, which is harmless.
         self._flights: dict[str, asyncio.Future[CachedResponse]] = {}
+        # Tenants whose invalidation did not reach Redis: what Redis holds for them may
+        # predate a committed write. Their next use of the cache on this replica bumps the
+        # generation first, and reads bypass the cache until that bump gets through, so a
+        # client reads its own writes back even across a Redis blip or restart.
+        self._unflushed: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_ms > 0
 
     async def get_or_load(
         self,
@@ -166,71 +205,89 @@ class TenantCache:
         """The cached response, else `load()`'s (stored when it is a 200).
 
         Redis trouble never fails the request: the cache is bypassed, `load()` answers.
+        With CACHE_TTL_SECONDS=0 Redis is not asked at all.
         """
-        if self.ttl_ms == 0:
+        if not self.enabled:
             return await load()
-        entry_key: str | None = None
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                entry_key, raw = await self._run_lookup(tenant_slug, key)
+                if tenant_slug in self._unflushed:
+                    await self._flush(tenant_slug)
+                lookup, raw = await self._run_lookup(tenant_slug, key)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
             self.on_result("error")
             # Still one load per entry in this process: an outage must not also turn
             # into a stampede on PostgreSQL.
-            return await self._single_flight(f"bypass|{tenant_slug}|{key}", load, store=False)
+            return await self._single_flight(f"bypass|{tenant_slug}|{key}", load, None)
         if raw is not None:
             self.on_result("hit")
             return CachedResponse.decode(raw)
         self.on_result("miss")
-        return await self._single_flight(entry_key, load, store=True)
+        return await self._single_flight(lookup.entry_key, load, lookup)
 
     async def invalidate(self, tenant_slug: str, *keys: CacheKey) -> None:
-        """Drop what a write touched, before its response is sent.
+        """Drop what a write touched, once it has committed and before its response is sent.
 
         A resource key drops that one entry; a page key (or `CacheKey.pages`) drops every
-        page of the collection. Redis trouble is logged and swallowed: entries then live
-        at most CACHE_TTL_SECONDS.
+        page of the collection. Redis trouble is logged and swallowed, and the tenant's
+        generation is bumped when Redis answers again (on this replica's next use of the
+        cache for the tenant); until then other replicas may serve the old entries, for at
+        most CACHE_TTL_SECONDS. Nothing to do when the cache is off.
         """
-        resources = [k.resource_id for k in keys if not k.is_page]
-        collections = sorted({k.collection for k in keys if k.is_page})
-        suffixes = [f"{k.collection}:{k.resource_id}" for k in keys if not k.is_page]
-        redis_keys = [generation_key(tenant_slug)] + [
-            version_key(tenant_slug, c) for c in collections
-        ]
-        args = [tenant_prefix(tenant_slug), len(resources), *suffixes]
+        if not self.enabled or not keys:
+            return
+        redis_keys = sorted({version_key(tenant_slug, k.versioned) for k in keys})
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await self._invalidate(keys=redis_keys, args=args)
+                if tenant_slug in self._unflushed:
+                    await self._flush(tenant_slug)  # wider than these keys: covers them
+                else:
+                    await self._invalidate(
+                        keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
+                    )
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
+            self._unflushed.add(tenant_slug)
 
     async def bump_generation(self, tenant_slug: str) -> int | None:
-        """Drop every entry of the tenant at once (delete, restore, migrations).
+        """Drop every entry of the tenant at once (a project or the tenant deleted, a tenant
+        created under the slug, a migration).
 
-        Returns the new generation, or None when Redis could not be reached.
+        Done even when this process has the cache off: other replicas, or this one after a
+        restart, may have it on, and a new tenant with the same slug must never see these
+        entries. Returns the new generation, or None when Redis could not be reached.
         """
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                return int(await self.redis.incr(generation_key(tenant_slug)))
+                return await self._flush(tenant_slug)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
+            self._unflushed.add(tenant_slug)
             return None
 
-    async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[str, bytes | None]:
-        redis_keys = [generation_key(tenant_slug)]
+    async def _flush(self, tenant_slug: str) -> int:
+        generation = int(await self.redis.incr(generation_key(tenant_slug)))
+        self._unflushed.discard(tenant_slug)
+        return generation
+
+    async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[_Lookup, bytes | None]:
+        gen_key = generation_key(tenant_slug)
+        ver_key = version_key(tenant_slug, key.versioned)
         if key.is_page:
-            redis_keys.append(version_key(tenant_slug, key.collection))
-            tail = key.query or ""
+            what, tail = key.collection, f":{key.query}"
         else:
-            tail = key.resource_id or ""
-        entry_key, raw = await self._lookup(
-            keys=redis_keys, args=[tenant_prefix(tenant_slug), key.collection, tail]
+            what, tail = f"{key.collection}:{key.resource_id}", ""
+        entry_key, raw, generation, version = await self._lookup(
+            keys=[gen_key, ver_key], args=[tenant_prefix(tenant_slug), what, tail]
         )
-        return entry_key.decode(), raw
+        return _Lookup(entry_key.decode(), gen_key, ver_key, generation, version), raw
 
     async def _single_flight(
-        self, flight_key: str, load: Callable[[], Awaitable[CachedResponse]], *, store: bool
+        self,
+        flight_key: str,
+        load: Callable[[], Awaitable[CachedResponse]],
+        lookup: _Lookup | None,
     ) -> CachedResponse:
         while (flight := self._flights.get(flight_key)) is not None:
             try:
@@ -245,8 +302,8 @@ class TenantCache:
         self._flights[flight_key] = flight
         try:
             response = await load()
-            if store and response.status == 200:
-                await self._store(flight_key, response)
+            if lookup is not None and response.status == 200:
+                await self._store(lookup, response)
         except asyncio.CancelledError:
             flight.cancel()
             raise
@@ -260,9 +317,12 @@ class TenantCache:
         finally:
             del self._flights[flight_key]
 
-    async def _store(self, entry_key: str, response: CachedResponse) -> None:
+    async def _store(self, lookup: _Lookup, response: CachedResponse) -> None:
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await self.redis.set(entry_key, response.encode(), px=self.ttl_ms)
+                await self._store_if_current(
+                    keys=[lookup.generation_key, lookup.version_key, lookup.entry_key],
+                    args=[lookup.generation, lookup.version, response.encode(), self.ttl_ms],
+                )
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)

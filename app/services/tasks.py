@@ -113,8 +113,10 @@ async def update_task(
 
 async def delete_task(
     conn: AsyncConnection, task_id: uuid.UUID, *, actor: str, versions: Collection[int] | None
-) -> None:
-    if not await repo.delete_task(conn, task_id, versions=versions):
+) -> uuid.UUID:
+    """Delete the task; returns the id of the project it belonged to."""
+    project_id = await repo.delete_task(conn, task_id, versions=versions)
+    if project_id is None:
         raise await _missing_or_mismatch(conn, task_id)
     await record_event(
         conn,
@@ -124,6 +126,7 @@ async def delete_task(
         resource_id=task_id,
         at=utcnow(),
     )
+    return project_id
 
 
 async def _missing_or_mismatch(conn: AsyncConnection, task_id: uuid.UUID) -> Exception:

@@ -14,11 +14,6 @@ from tests.conftest import MakeToken
 from tests.integration.test_platform import assert_problem
 
 
-@pytest.fixture
-def admin(make_token: MakeToken) -> dict[str, str]:
-    return {"Authorization": "Bearer " + make_token(tenant=None, scopes="platform:admin")}
-
-
 async def create(
     client: httpx.AsyncClient, admin: dict[str, str], slug: str, **body: object
 ) -> httpx.Response:

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.core.redis import build_redis
 from app.services.cache import CachedResponse, CacheKey, CacheResult, TenantCache
-from tests.redis_layer.redis_servers import RedisProcess, new_slug, redis_settings
+from tests.redis_layer.redis_servers import (
+    RedisProcess,
+    new_slug,
+    redis_settings,
+    start_redis,
+    stop_redis,
+)
 
 
 class Results:
@@ -71,10 +79,27 @@ async def test_entries_live_under_the_tenant_hash_tag_with_the_ttl(
     await cache_for(shared_redis).get_or_load(slug, PROJECT_PAGE, Loader())
     keys = sorted([k.decode() async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")])
     assert keys == [
-        f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}",
+        f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}@0",
         f"tessera:{{{slug}}}:0:projects@0:limit=20",
     ]
     assert 0 < await shared_redis.pttl(keys[0]) <= 30_000
+
+
+async def test_an_invalidation_sets_versions_that_expire_after_twice_the_ttl(
+    shared_redis: Any, slug: str
+) -> None:
+    cache = cache_for(shared_redis, ttl_seconds=30)
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    versions = [
+        f"tessera:{{{slug}}}:ver:projects",
+        f"tessera:{{{slug}}}:ver:projects:{PROJECT.resource_id}",
+    ]
+    for key in versions:
+        assert 30_000 < await shared_redis.pttl(key) <= 60_000
+    before = [await shared_redis.get(key) for key in versions]
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    after = [await shared_redis.get(key) for key in versions]
+    assert all(b != a for b, a in zip(before, after, strict=True))
 
 
 async def test_tenant_b_never_gets_tenant_a_entry_for_the_same_key(shared_redis: Any) -> None:
@@ -150,6 +175,39 @@ async def test_a_load_that_races_an_invalidation_is_never_served_afterwards(
 
     assert (await cache.get_or_load(slug, PROJECT, slow_stale_load)).body == b"stale"
     assert (await cache.get_or_load(slug, PROJECT, Loader())).body == b'{"v":1}'
+
+
+@pytest.mark.parametrize(
+    "written",
+    [PROJECT, PROJECT_PAGE],
+    ids=["resource", "page"],
+)
+async def test_a_load_that_races_only_its_own_invalidation_is_never_served_afterwards(
+    shared_redis: Any, slug: str, written: CacheKey
+) -> None:
+    # No generation bump here: invalidating the one entry must be enough on its own.
+    reader, writer = cache_for(shared_redis), cache_for(shared_redis)
+
+    async def stale_load() -> CachedResponse:
+        await writer.invalidate(slug, written)  # the write commits while this read loads
+        return CachedResponse(body=b"stale")
+
+    assert (await reader.get_or_load(slug, written, stale_load)).body == b"stale"
+    assert (await reader.get_or_load(slug, written, Loader())).body == b'{"v":1}'
+
+
+async def test_zero_ttl_turns_the_cache_off_without_asking_redis(
+    shared_redis: Any, slug: str
+) -> None:
+    results = Results()
+    cache = cache_for(shared_redis, results, ttl_seconds=0)
+    load = Loader()
+    await cache.get_or_load(slug, PROJECT, load)
+    await cache.get_or_load(slug, PROJECT, load)
+    await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
+    assert load.calls == 2
+    assert results.counts == {}
+    assert [k async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")] == []
 
 
 async def test_twenty_concurrent_misses_run_the_loader_once(shared_redis: Any, slug: str) -> None:
@@ -238,6 +296,35 @@ async def test_frozen_redis_is_bypassed_within_a_second_and_recovers_by_itself(
             break
     assert response.body == b'{"v":1}'
     await client.aclose()
+
+
+async def test_an_invalidation_lost_in_an_outage_is_made_good_when_redis_returns(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    # Persistence on: the entry from before the outage comes back with Redis.
+    server = start_redis(tmp_path, "--appendonly", "yes")
+    client = build_redis(redis_settings(server.url, timeout=0.25))
+    try:
+        results = Results()
+        cache, slug, load = cache_for(client, results, timeout_seconds=0.25), new_slug(), Loader()
+        await cache.get_or_load(slug, PROJECT, load)
+        stop_redis(server)
+        await cache.invalidate(slug, PROJECT)  # the write committed; Redis never heard of it
+        assert (await cache.get_or_load(slug, PROJECT, load)).body == b'{"v":2}'
+
+        server = start_redis(tmp_path, "--appendonly", "yes", port=server.port)
+        assert await client.dbsize() > 0  # the old entry is back
+        deadline = time.monotonic() + 5
+        while results.counts["hit"] == 0 and time.monotonic() < deadline:
+            # Bypassing while the client reconnects, then one miss, then hits: never v1.
+            assert (await cache.get_or_load(slug, PROJECT, load)).body != b'{"v":1}'
+        assert results.counts["hit"] == 1
+        assert await client.get(f"tessera:{{{slug}}}:gen") == b"1"
+    finally:
+        stop_redis(server)
+        await client.aclose()
 
 
 def test_cached_response_survives_encoding() -> None:

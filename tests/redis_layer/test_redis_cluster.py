@@ -1,4 +1,4 @@
-"""The limiter and the cache against a real three-node Redis Cluster."""
+"""The limiter and the cache against a real three-node Redis Cluster, alone and in the app."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ from typing import Any
 
 import pytest
 
+from app.core.config import Settings
 from app.core.redis import build_redis
 from app.services.cache import CachedResponse, CacheKey, TenantCache
 from app.services.rate_limiter import RateLimitExceeded, TenantRateLimiter
+from tests.factories import post_project, post_task
+from tests.metrics_support import CacheMeter
 from tests.redis_layer.redis_servers import new_slug, redis_settings
+from tests.support import assert_problem, running_app
 
 
 @pytest.fixture
@@ -65,6 +69,35 @@ async def test_cache_hits_invalidates_and_bumps_on_a_cluster(cluster_client: Any
         assert (await cache.get_or_load(slug, item, load)).body == b"5"
 
 
+async def test_the_api_caches_invalidates_and_limits_on_a_cluster(
+    redis_cluster: str, settings: Settings, headers: dict[str, str]
+) -> None:
+    on_cluster = settings.model_copy(
+        update={"redis_url": redis_cluster, "redis_timeout_seconds": 2.0}
+    )
+    async with running_app(on_cluster) as (_, client):
+        project = await post_project(client, headers, name="one")
+        task = await post_task(client, headers, project["id"])
+        urls = [f"/v1/projects/{project['id']}", "/v1/projects", f"/v1/tasks/{task['id']}"]
+        for url in urls:
+            await client.get(url, headers=headers)
+        meter = CacheMeter()
+        for url in urls:
+            response = await client.get(url, headers=headers)
+            assert response.status_code == 200
+            assert response.headers["x-ratelimit-limit"] == "600"
+        assert meter.delta() == {"hit": 3, "miss": 0, "error": 0}
+
+        patched = await client.patch(urls[0], json={"name": "two"}, headers=headers)
+        assert patched.status_code == 200
+        assert (await client.get(urls[0], headers=headers)).json()["name"] == "two"
+        assert (await client.get(urls[1], headers=headers)).json()["items"][0]["name"] == "two"
+        assert (await client.delete(urls[0], headers=headers)).status_code == 204
+        assert_problem(await client.get(urls[2], headers=headers), 404, "task_not_found")
+        assert (await client.get(urls[1], headers=headers)).json()["items"] == []
+        assert meter.delta()["error"] == 0
+
+
 def test_a_tenant_keys_share_one_slot() -> None:
     from redis.crc import key_slot
 
@@ -75,6 +108,7 @@ def test_a_tenant_keys_share_one_slot() -> None:
     keys = [
         generation_key(slug),
         version_key(slug, "projects/p1/tasks"),
+        version_key(slug, "tasks:0b9c6d3e-1111-4222-8333-444455556666"),
         f"tessera:{{{slug}}}:7:projects@3:limit=20",
         *(window_key(slug, w) for w in parse_windows("10/second;600/minute")),
     ]

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.api.dependencies.cache import Invalidation
 from app.api.dependencies.tenant import CurrentTenant
-from app.db.tenancy import pin_tenant
+from app.db.tenancy import tenant_transaction
 
 
 def get_engine(request: Request) -> AsyncEngine:
@@ -21,17 +22,20 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 
 async def get_tenant_connection(
-    request: Request, tenant: CurrentTenant
+    request: Request, tenant: CurrentTenant, invalidation: Invalidation
 ) -> AsyncIterator[AsyncConnection]:
     """One transaction per request, pinned to the tenant before anything else runs.
 
     Commits when the endpoint returns, rolls back when it raises; both happen before the
     response is sent (scope="function" below), so a failed commit is never a 2xx.
+
+    What the endpoint changed leaves the cache after the COMMIT and still before the
+    response: invalidating earlier would let a concurrent reader load the old row and cache
+    it again under the new version. A rolled-back request invalidates nothing.
     """
-    engine: AsyncEngine = request.app.state.engine
-    async with engine.connect() as conn, conn.begin():
-        await pin_tenant(conn, tenant.location)
+    async with tenant_transaction(request.app.state.engine, tenant.location) as conn:
         yield conn
+    await invalidation.apply(request.app.state.cache, tenant.slug)
 
 
 TenantConnection = Annotated[AsyncConnection, Depends(get_tenant_connection, scope="function")]

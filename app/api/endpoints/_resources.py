@@ -1,10 +1,12 @@
-"""Shaping single-resource answers: JSON with ETag, 304, and replays of stored responses."""
+"""Shaping tenant API answers: JSON with ETag, 304, replays of stored and cached responses."""
 
 from __future__ import annotations
 
 from fastapi import Response
 from pydantic import BaseModel
 
+from app.api.preconditions import none_match
+from app.services.cache import CachedResponse
 from app.services.idempotency import StoredResponse
 
 JSON = "application/json"
@@ -30,6 +32,24 @@ def from_stored(stored: StoredResponse, *, replayed: bool) -> Response:
         status_code=stored.status,
         headers=headers,
         media_type=stored.headers.get("Content-Type", JSON),
+    )
+
+
+def cacheable(model: BaseModel, *, etag: str | None = None) -> CachedResponse:
+    """A 200 as the cache keeps it: the serialized body, and the ETag of a single resource."""
+    return CachedResponse(body=model.model_dump_json().encode(), media_type=JSON, etag=etag)
+
+
+def from_cached(cached: CachedResponse, *, if_none_match: str | None = None) -> Response:
+    """The response a cached (or just loaded) entry stands for; 304 when If-None-Match names
+    its ETag, so a revalidation that hits the cache never reaches PostgreSQL."""
+    if cached.etag is not None and none_match(if_none_match, cached.etag):
+        return not_modified(cached.etag)
+    return Response(
+        content=cached.body,
+        status_code=cached.status,
+        headers={"ETag": cached.etag} if cached.etag is not None else None,
+        media_type=cached.media_type,
     )
 
 

@@ -6,17 +6,21 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.api.dependencies.cache import CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
 from app.api.dependencies.tenant import Actor
-from app.api.endpoints._resources import created, from_stored, not_modified
+from app.api.endpoints import _cache_keys as keys
+from app.api.endpoints._resources import cacheable, created, from_cached, from_stored
 from app.api.errors import TENANT_ERRORS, responses
-from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions, none_match
+from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions
 from app.schemas.common import Page
 from app.schemas.projects import ProjectCreate, ProjectOut, ProjectUpdate
 from app.services import idempotency
 from app.services import projects as service
+from app.services.cache import CachedResponse
 from app.services.idempotency import StoredResponse
 from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -36,9 +40,11 @@ async def create_project(
     conn: TenantConnection,
     actor: Actor,
     key: IdempotencyKey,
+    invalidation: Invalidation,
 ) -> Response:
     async def produce() -> StoredResponse:
         record = await service.create_project(conn, body, actor=actor.subject)
+        invalidation.add(keys.project_pages())  # not on a replay: that changes nothing
         return created(
             ProjectOut.model_validate(record),
             location=f"/v1/projects/{record.id}",
@@ -54,14 +60,18 @@ async def create_project(
 
 @router.get("", response_model=Page[ProjectOut], summary="List projects, newest first")
 async def list_projects(
-    conn: TenantConnection,
+    reads: CachedReads,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> Page[ProjectOut]:
-    records, next_cursor = await service.list_projects(conn, limit=limit, cursor=cursor)
-    return Page[ProjectOut](
-        items=[ProjectOut.model_validate(r) for r in records], next_cursor=next_cursor
-    )
+) -> Response:
+    async def load(conn: AsyncConnection) -> CachedResponse:
+        records, next_cursor = await service.list_projects(conn, limit=limit, cursor=cursor)
+        page = Page[ProjectOut](
+            items=[ProjectOut.model_validate(r) for r in records], next_cursor=next_cursor
+        )
+        return cacheable(page)
+
+    return from_cached(await reads.read(keys.project_page(limit=limit, cursor=cursor), load))
 
 
 @router.get(
@@ -71,17 +81,14 @@ async def list_projects(
     responses=responses(304, 404),
 )
 async def get_project(
-    project_id: uuid.UUID,
-    conn: TenantConnection,
-    response: Response,
-    if_none_match: IfNoneMatch = None,
-) -> ProjectOut | Response:
-    record = await service.get_project(conn, project_id)
-    tag = etag(record.id, record.version)
-    if none_match(if_none_match, tag):
-        return not_modified(tag)
-    response.headers["ETag"] = tag
-    return ProjectOut.model_validate(record)
+    project_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
+) -> Response:
+    async def load(conn: AsyncConnection) -> CachedResponse:
+        record = await service.get_project(conn, project_id)
+        return cacheable(ProjectOut.model_validate(record), etag=etag(record.id, record.version))
+
+    cached = await reads.read(keys.project(project_id), load)
+    return from_cached(cached, if_none_match=if_none_match)
 
 
 @router.patch(
@@ -96,6 +103,7 @@ async def update_project(
     conn: TenantConnection,
     actor: Actor,
     response: Response,
+    invalidation: Invalidation,
     if_match: IfMatch = None,
 ) -> ProjectOut:
     record = await service.update_project(
@@ -105,6 +113,7 @@ async def update_project(
         actor=actor.subject,
         versions=if_match_versions(if_match, project_id),
     )
+    invalidation.add(keys.project(project_id), keys.project_pages())
     response.headers["ETag"] = etag(record.id, record.version)
     return ProjectOut.model_validate(record)
 
@@ -116,9 +125,17 @@ async def update_project(
     responses=responses(404, 412),
 )
 async def delete_project(
-    project_id: uuid.UUID, conn: TenantConnection, actor: Actor, if_match: IfMatch = None
+    project_id: uuid.UUID,
+    conn: TenantConnection,
+    actor: Actor,
+    invalidation: Invalidation,
+    if_match: IfMatch = None,
 ) -> Response:
     await service.delete_project(
         conn, project_id, actor=actor.subject, versions=if_match_versions(if_match, project_id)
     )
+    # Its tasks went with it, and `GET /v1/tasks/{id}` entries are keyed by task id alone
+    # (the project is unknown until the task is loaded): listing them would cost a query per
+    # delete, so the tenant's generation is bumped instead. Deletes are rare next to reads.
+    invalidation.everything()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

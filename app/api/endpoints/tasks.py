@@ -6,18 +6,22 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.api.dependencies.cache import CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
 from app.api.dependencies.tenant import Actor
-from app.api.endpoints._resources import created, from_stored, not_modified
+from app.api.endpoints import _cache_keys as keys
+from app.api.endpoints._resources import cacheable, created, from_cached, from_stored
 from app.api.errors import TENANT_ERRORS, responses
-from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions, none_match
+from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions
 from app.db.repositories.tasks import TaskFilter
 from app.schemas.common import Page, SafeStr
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
 from app.services import idempotency
 from app.services import tasks as service
+from app.services.cache import CachedResponse
 from app.services.idempotency import StoredResponse
 from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -38,9 +42,11 @@ async def create_task(
     conn: TenantConnection,
     actor: Actor,
     key: IdempotencyKey,
+    invalidation: Invalidation,
 ) -> Response:
     async def produce() -> StoredResponse:
         record = await service.create_task(conn, project_id, body, actor=actor.subject)
+        invalidation.add(keys.task_pages(project_id))  # not on a replay: that changes nothing
         return created(
             TaskOut.model_validate(record),
             location=f"/v1/tasks/{record.id}",
@@ -62,7 +68,7 @@ async def create_task(
 )
 async def list_tasks(
     project_id: uuid.UUID,
-    conn: TenantConnection,
+    reads: CachedReads,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     assignee: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
     label: Annotated[
@@ -70,17 +76,24 @@ async def list_tasks(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> Page[TaskOut]:
-    records, next_cursor = await service.list_tasks(
-        conn,
-        project_id,
-        filters=TaskFilter(status=status_, assignee=assignee, label=label),
-        limit=limit,
-        cursor=cursor,
+) -> Response:
+    async def load(conn: AsyncConnection) -> CachedResponse:
+        records, next_cursor = await service.list_tasks(
+            conn,
+            project_id,
+            filters=TaskFilter(status=status_, assignee=assignee, label=label),
+            limit=limit,
+            cursor=cursor,
+        )
+        page = Page[TaskOut](
+            items=[TaskOut.model_validate(r) for r in records], next_cursor=next_cursor
+        )
+        return cacheable(page)
+
+    key = keys.task_page(
+        project_id, status=status_, assignee=assignee, label=label, limit=limit, cursor=cursor
     )
-    return Page[TaskOut](
-        items=[TaskOut.model_validate(r) for r in records], next_cursor=next_cursor
-    )
+    return from_cached(await reads.read(key, load))
 
 
 @router.get(
@@ -90,17 +103,14 @@ async def list_tasks(
     responses=responses(304, 404),
 )
 async def get_task(
-    task_id: uuid.UUID,
-    conn: TenantConnection,
-    response: Response,
-    if_none_match: IfNoneMatch = None,
-) -> TaskOut | Response:
-    record = await service.get_task(conn, task_id)
-    tag = etag(record.id, record.version)
-    if none_match(if_none_match, tag):
-        return not_modified(tag)
-    response.headers["ETag"] = tag
-    return TaskOut.model_validate(record)
+    task_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
+) -> Response:
+    async def load(conn: AsyncConnection) -> CachedResponse:
+        record = await service.get_task(conn, task_id)
+        return cacheable(TaskOut.model_validate(record), etag=etag(record.id, record.version))
+
+    cached = await reads.read(keys.task(task_id), load)
+    return from_cached(cached, if_none_match=if_none_match)
 
 
 @router.patch(
@@ -115,11 +125,13 @@ async def update_task(
     conn: TenantConnection,
     actor: Actor,
     response: Response,
+    invalidation: Invalidation,
     if_match: IfMatch = None,
 ) -> TaskOut:
     record = await service.update_task(
         conn, task_id, body, actor=actor.subject, versions=if_match_versions(if_match, task_id)
     )
+    invalidation.add(keys.task(task_id), keys.task_pages(record.project_id))
     response.headers["ETag"] = etag(record.id, record.version)
     return TaskOut.model_validate(record)
 
@@ -131,9 +143,14 @@ async def update_task(
     responses=responses(404, 412),
 )
 async def delete_task(
-    task_id: uuid.UUID, conn: TenantConnection, actor: Actor, if_match: IfMatch = None
+    task_id: uuid.UUID,
+    conn: TenantConnection,
+    actor: Actor,
+    invalidation: Invalidation,
+    if_match: IfMatch = None,
 ) -> Response:
-    await service.delete_task(
+    project_id = await service.delete_task(
         conn, task_id, actor=actor.subject, versions=if_match_versions(if_match, task_id)
     )
+    invalidation.add(keys.task(task_id), keys.task_pages(project_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

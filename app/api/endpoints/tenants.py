@@ -68,6 +68,9 @@ async def create_tenant(
     )
     metrics.observe_provisioning(time.perf_counter() - started)
     _forget(request, record.slug)
+    # A slug may name a deleted tenant whose generation bump never reached Redis: a new
+    # generation keeps the new tenant from ever reading the old one's entries.
+    await request.app.state.cache.bump_generation(record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
     return _out(request, record)
 

@@ -102,8 +102,10 @@ async def update_task(
 
 async def delete_task(
     conn: AsyncConnection, task_id: uuid.UUID, *, versions: Collection[int] | None
-) -> bool:
+) -> uuid.UUID | None:
+    """Delete the task; its project's id, or None when nothing matched."""
     query = delete(tasks).where(tasks.c.id == task_id)
     if versions is not None:
         query = query.where(tasks.c.version.in_(list(versions)))
-    return (await conn.execute(query.returning(tasks.c.id))).one_or_none() is not None
+    project_id: uuid.UUID | None = await conn.scalar(query.returning(tasks.c.project_id))
+    return project_id

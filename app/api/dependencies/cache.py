@@ -1,0 +1,75 @@
+"""The tenant cache on the request path: GETs read through it, writes invalidate after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.api.dependencies.tenant import CurrentTenant
+from app.db.tenancy import tenant_transaction
+from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.services.tenants import Tenant
+
+Load = Callable[[AsyncConnection], Awaitable[CachedResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantReader:
+    """Answers a tenant's GET from the cache, and opens a pinned transaction only on a miss.
+
+    A hit therefore takes no database connection at all; concurrent misses on one entry
+    share one load (and one connection) per process.
+    """
+
+    cache: TenantCache
+    engine: AsyncEngine
+    tenant: Tenant
+
+    async def read(self, key: CacheKey, load: Load) -> CachedResponse:
+        async def load_in_tenant_transaction() -> CachedResponse:
+            async with tenant_transaction(self.engine, self.tenant.location) as conn:
+                return await load(conn)
+
+        return await self.cache.get_or_load(self.tenant.slug, key, load_in_tenant_transaction)
+
+
+async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
+    return TenantReader(request.app.state.cache, request.app.state.engine, tenant)
+
+
+CachedReads = Annotated[TenantReader, Depends(get_tenant_reader)]
+
+
+@dataclass(slots=True)
+class CacheInvalidation:
+    """What a write changed, collected by the endpoint and applied by the connection
+    dependency once the transaction has committed (app/api/dependencies/db.py)."""
+
+    keys: list[CacheKey] = field(default_factory=list)
+    whole_tenant: bool = False
+
+    def add(self, *keys: CacheKey) -> None:
+        self.keys.extend(keys)
+
+    def everything(self) -> None:
+        """Drop every entry of the tenant (a generation bump), for changes too wide to list."""
+        self.whole_tenant = True
+
+    async def apply(self, cache: TenantCache, tenant_slug: str) -> None:
+        if self.whole_tenant:
+            await cache.bump_generation(tenant_slug)
+        elif self.keys:
+            await cache.invalidate(tenant_slug, *self.keys)
+
+
+async def get_cache_invalidation() -> CacheInvalidation:
+    # Called once per request (FastAPI caches dependencies per request), so the endpoint
+    # and the connection dependency hold the same object.
+    return CacheInvalidation()
+
+
+Invalidation = Annotated[CacheInvalidation, Depends(get_cache_invalidation)]
