@@ -273,21 +273,6 @@ async def app(
         yield application
 
 
-@pytest.fixture(scope="session")
-async def second_app(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
-    """Another replica: its own pools and caches, the same PostgreSQL and Redis."""
-    application = create_app(settings)
-    async with LifespanManager(application):
-        yield application
-
-
-@pytest.fixture
-async def second_client(second_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=second_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-
-
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
