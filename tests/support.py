@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
-from app.db.tenancy import TenantSchema, tenant_transaction
+from app.db.session import tenant_transaction
+from app.db.tenancy import TenantSchema
 from app.main import create_app
 
 

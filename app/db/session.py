@@ -5,7 +5,7 @@ SQLAlchemy builds every statement (models, Core expressions) and owns the pool; 
 only executes. Per statement it costs a cache-key lookup and asyncpg's own prepared
 statement, instead of SQLAlchemy's execution context, result machinery and greenlet
 bridge (measured: 149 µs against 371 µs of CPU for BEGIN + pin + one read + COMMIT; see
-docs/decisions/0007-tenant-session-fast-path.md). BEGIN and the tenant pin travel in one
+docs/decisions/0008-tenant-session-fast-path.md). BEGIN and the tenant pin travel in one
 round trip.
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -148,6 +149,15 @@ class StatementCache:
         )
 
 
+class Executor(Protocol):
+    """What repositories need of a connection: a TenantSession on the request path, or a
+    SQLAlchemy AsyncConnection (CLI, tests) pinned with `pin_tenant`."""
+
+    async def execute(self, statement: Any, parameters: Any = None, /) -> Any: ...
+
+    async def scalar(self, statement: Any, parameters: Any = None, /) -> Any: ...
+
+
 class TenantSession:
     """One request's transaction, pinned to its tenant before anything else runs."""
 
@@ -156,9 +166,9 @@ class TenantSession:
         self._cache = cache
 
     async def execute(
-        self, statement: ClauseElement, params: Mapping[str, Any] | None = None
+        self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
     ) -> Result:
-        prepared, values = self._cache.prepare(statement, params)
+        prepared, values = self._cache.prepare(statement, parameters)
         args = []
         for name in prepared.positions:
             value = values[name]
@@ -185,16 +195,30 @@ class TenantSession:
         return Result(rows)
 
     async def scalar(
-        self, statement: ClauseElement, params: Mapping[str, Any] | None = None
+        self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
     ) -> Any:
-        return (await self.execute(statement, params)).scalar()
+        return (await self.execute(statement, parameters)).scalar()
+
+
+_caches: WeakKeyDictionary[Dialect, StatementCache] = WeakKeyDictionary()
+
+
+def statement_cache(engine: AsyncEngine) -> StatementCache:
+    """The engine's compiled-statement cache (compiled SQL depends on the dialect)."""
+    dialect = engine.dialect
+    cache = _caches.get(dialect)
+    if cache is None:
+        cache = _caches[dialect] = StatementCache(dialect)
+    return cache
 
 
 @asynccontextmanager
-async def tenant_session(
-    engine: AsyncEngine, cache: StatementCache, tenant: TenantSchema
+async def tenant_transaction(
+    engine: AsyncEngine, tenant: TenantSchema
 ) -> AsyncIterator[TenantSession]:
-    """Open a pinned transaction; commit when the block ends, roll back when it raises.
+    """The one way into a tenant's data on the request path: a pooled connection in one
+    transaction, pinned to `tenant` before anything else runs. Commits when the block ends,
+    rolls back when it raises.
 
     A connection whose transaction could not be ended cleanly (cancelled mid-way, lost) is
     invalidated rather than returned to the pool, so it can never carry a tenant's pin into
@@ -209,7 +233,7 @@ async def tenant_session(
                 await raw.execute("ROLLBACK")
             await raw.execute(begin_pinned_sql(tenant))
             try:
-                yield TenantSession(raw, cache)
+                yield TenantSession(raw, statement_cache(engine))
             except BaseException:
                 await raw.execute("ROLLBACK")
                 clean = True

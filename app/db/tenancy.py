@@ -7,13 +7,11 @@ schema. Requests, the CLI and background work all enter a tenant through `pin_te
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.models.base import PLATFORM_SCHEMA, tenant_metadata
 
@@ -91,20 +89,6 @@ async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:
     this also holds behind PgBouncer in transaction mode. One round trip.
     """
     await conn.exec_driver_sql(pin_sql(tenant))
-
-
-@asynccontextmanager
-async def tenant_transaction(
-    engine: AsyncEngine, tenant: TenantSchema
-) -> AsyncIterator[AsyncConnection]:
-    """A pooled connection in one transaction pinned to `tenant`, before anything else runs.
-
-    Commits when the block ends, rolls back when it raises. Every tenant query of a request
-    runs inside one: a write's for the whole request, a cached read's only on a miss.
-    """
-    async with engine.connect() as conn, conn.begin():
-        await pin_tenant(conn, tenant)
-        yield conn
 
 
 _OWNER_PATH_SQL = text("SELECT set_config('search_path', :search_path, true)")

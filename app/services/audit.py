@@ -5,16 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.core.context import request_id_var
 from app.db.repositories import audit as repo
 from app.db.repositories.audit import AuditEventRecord
+from app.db.session import Executor
 from app.services.pagination import decode_cursor, encode_cursor
 
 
 async def record_event(
-    conn: AsyncConnection,
+    conn: Executor,
     *,
     actor: str,
     action: str,
@@ -38,7 +37,7 @@ async def record_event(
 
 
 async def list_events(
-    conn: AsyncConnection, *, limit: int, cursor: str | None
+    conn: Executor, *, limit: int, cursor: str | None
 ) -> tuple[list[AuditEventRecord], str | None]:
     after = decode_cursor(cursor) if cursor else None
     events = await repo.list_events(conn, limit=limit + 1, after=after)

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.core.errors import BadRequest, Conflict, UnprocessableEntity
 from app.db.repositories import idempotency as repo
 from app.db.repositories.idempotency import IdempotencyRecord
+from app.db.session import Executor
 
 KEEP_FOR = timedelta(hours=24)
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -64,7 +63,7 @@ def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
 
 
 async def run_once(
-    conn: AsyncConnection,
+    conn: Executor,
     key: str | None,
     request_hash: str,
     produce: Callable[[], Awaitable[StoredResponse]],

@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.core.errors import NotFound, PreconditionFailed
 from app.db.repositories import projects as repo
 from app.db.repositories.projects import ProjectRecord
+from app.db.session import Executor
 from app.schemas.projects import ProjectCreate, ProjectUpdate
 from app.services.audit import record_event
 from app.services.clock import utcnow
@@ -31,9 +30,7 @@ class VersionMismatch(PreconditionFailed):
         super().__init__("If-Match does not match the current ETag of this resource.")
 
 
-async def create_project(
-    conn: AsyncConnection, body: ProjectCreate, *, actor: str
-) -> ProjectRecord:
+async def create_project(conn: Executor, body: ProjectCreate, *, actor: str) -> ProjectRecord:
     at = utcnow()
     record = await repo.insert_project(
         conn, id=uuid.uuid4(), name=body.name, description=body.description, at=at
@@ -49,7 +46,7 @@ async def create_project(
     return record
 
 
-async def get_project(conn: AsyncConnection, project_id: uuid.UUID) -> ProjectRecord:
+async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:
     record = await repo.get_project(conn, project_id)
     if record is None:
         raise ProjectNotFound()
@@ -57,7 +54,7 @@ async def get_project(conn: AsyncConnection, project_id: uuid.UUID) -> ProjectRe
 
 
 async def list_projects(
-    conn: AsyncConnection, *, limit: int, cursor: str | None
+    conn: Executor, *, limit: int, cursor: str | None
 ) -> tuple[list[ProjectRecord], str | None]:
     after = decode_cursor(cursor) if cursor else None
     records = await repo.list_projects(conn, limit=limit + 1, after=after)
@@ -68,7 +65,7 @@ async def list_projects(
 
 
 async def update_project(
-    conn: AsyncConnection,
+    conn: Executor,
     project_id: uuid.UUID,
     body: ProjectUpdate,
     *,
@@ -99,7 +96,7 @@ async def update_project(
 
 
 async def delete_project(
-    conn: AsyncConnection,
+    conn: Executor,
     project_id: uuid.UUID,
     *,
     actor: str,
@@ -118,7 +115,7 @@ async def delete_project(
     )
 
 
-async def _missing_or_mismatch(conn: AsyncConnection, project_id: uuid.UUID) -> Exception:
+async def _missing_or_mismatch(conn: Executor, project_id: uuid.UUID) -> Exception:
     if await repo.project_exists(conn, project_id):
         return VersionMismatch()
     return ProjectNotFound()

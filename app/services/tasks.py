@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from app.core.errors import NotFound
 from app.db.repositories import projects as projects_repo
 from app.db.repositories import tasks as repo
 from app.db.repositories.tasks import TaskFilter, TaskRecord
+from app.db.session import Executor
 from app.schemas.tasks import TaskCreate, TaskUpdate
 from app.services.audit import record_event
 from app.services.clock import utcnow
@@ -28,7 +27,7 @@ class TaskNotFound(NotFound):
 
 
 async def create_task(
-    conn: AsyncConnection, project_id: uuid.UUID, body: TaskCreate, *, actor: str
+    conn: Executor, project_id: uuid.UUID, body: TaskCreate, *, actor: str
 ) -> TaskRecord:
     # The key-share lock keeps the project from being deleted between this check and the
     # insert, so a concurrent delete can never turn into a foreign-key error (a 500).
@@ -57,7 +56,7 @@ async def create_task(
     return record
 
 
-async def get_task(conn: AsyncConnection, task_id: uuid.UUID) -> TaskRecord:
+async def get_task(conn: Executor, task_id: uuid.UUID) -> TaskRecord:
     record = await repo.get_task(conn, task_id)
     if record is None:
         raise TaskNotFound()
@@ -65,7 +64,7 @@ async def get_task(conn: AsyncConnection, task_id: uuid.UUID) -> TaskRecord:
 
 
 async def list_tasks(
-    conn: AsyncConnection,
+    conn: Executor,
     project_id: uuid.UUID,
     *,
     filters: TaskFilter,
@@ -83,7 +82,7 @@ async def list_tasks(
 
 
 async def update_task(
-    conn: AsyncConnection,
+    conn: Executor,
     task_id: uuid.UUID,
     body: TaskUpdate,
     *,
@@ -112,7 +111,7 @@ async def update_task(
 
 
 async def delete_task(
-    conn: AsyncConnection, task_id: uuid.UUID, *, actor: str, versions: Collection[int] | None
+    conn: Executor, task_id: uuid.UUID, *, actor: str, versions: Collection[int] | None
 ) -> uuid.UUID:
     """Delete the task; returns the id of the project it belonged to."""
     project_id = await repo.delete_task(conn, task_id, versions=versions)
@@ -129,7 +128,7 @@ async def delete_task(
     return project_id
 
 
-async def _missing_or_mismatch(conn: AsyncConnection, task_id: uuid.UUID) -> Exception:
+async def _missing_or_mismatch(conn: Executor, task_id: uuid.UUID) -> Exception:
     if await repo.task_exists(conn, task_id):
         return VersionMismatch()
     return TaskNotFound()

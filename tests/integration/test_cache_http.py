@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
-from app.db.tenancy import TenantSchema, tenant_transaction
+from app.db.session import tenant_transaction
+from app.db.tenancy import TenantSchema
 from app.services.cache import CacheKey
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter, parse_samples, value
@@ -36,22 +37,21 @@ Headers = dict[str, str]
 
 @contextmanager
 def counting_pins(*apps: FastAPI) -> Iterator[list[str]]:
-    """Statements that pin a tenant transaction (pin_tenant) on the apps' engines: a cached
-    read must not run any."""
+    """Connections the apps take from their pools: every tenant transaction takes one (and
+    is pinned first thing), so a cached read must take none."""
     pins: list[str] = []
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "set_config('search_path'" in statement:
-            pins.append(statement)
+    def record(*_args: Any) -> None:
+        pins.append("checkout")
 
-    engines = [application.state.engine.sync_engine for application in apps]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", record)
+    pools = [application.state.engine.sync_engine.pool for application in apps]
+    for pool in pools:
+        event.listen(pool, "checkout", record)
     try:
         yield pins
     finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", record)
+        for pool in pools:
+            event.remove(pool, "checkout", record)
 
 
 def location(tenant: TenantRecord) -> TenantSchema:

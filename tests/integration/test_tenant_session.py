@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.models.tenant import idempotency_keys, projects, tasks
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import StatementCache, tenant_session
+from app.db.session import tenant_transaction
 from app.db.tenancy import TenantSchema
 
 
@@ -31,10 +31,9 @@ async def one_connection(settings: Settings) -> AsyncEngine:
 
 
 async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: TenantRecord) -> None:
-    cache = StatementCache(engine.dialect)
     project_id, task_id = uuid.uuid4(), uuid.uuid4()
     now = dt.datetime.now(dt.UTC)
-    async with tenant_session(engine, cache, loc(tenant)) as session:
+    async with tenant_transaction(engine, loc(tenant)) as session:
         await session.execute(
             insert(projects).values(id=project_id, name="p\u00e9", created_at=now)
         )
@@ -80,9 +79,8 @@ async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: Tenant
 async def test_same_statement_shape_reuses_the_compiled_form_with_new_values(
     engine: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    cache = StatementCache(engine.dialect)
     ids = [uuid.uuid4() for _ in range(3)]
-    async with tenant_session(engine, cache, loc(tenant)) as session:
+    async with tenant_transaction(engine, loc(tenant)) as session:
         for i, project_id in enumerate(ids):
             await session.execute(insert(projects).values(id=project_id, name=f"n{i}"))
         for i, project_id in enumerate(ids):
@@ -116,8 +114,7 @@ async def test_same_statement_shape_reuses_the_compiled_form_with_new_values(
 async def test_session_is_pinned_and_the_pin_ends_with_it(
     one_connection: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    cache = StatementCache(one_connection.dialect)
-    async with tenant_session(one_connection, cache, loc(tenant)) as session:
+    async with tenant_transaction(one_connection, loc(tenant)) as session:
         who = (await session.execute(text("SELECT current_user, current_schema()"))).one()
         assert tuple(who) == (tenant.db_role, tenant.schema)
     async with one_connection.connect() as conn:  # the same pooled connection
@@ -128,13 +125,12 @@ async def test_session_is_pinned_and_the_pin_ends_with_it(
 
 
 async def test_an_error_rolls_everything_back(engine: AsyncEngine, tenant: TenantRecord) -> None:
-    cache = StatementCache(engine.dialect)
     project_id = uuid.uuid4()
     with pytest.raises(RuntimeError):
-        async with tenant_session(engine, cache, loc(tenant)) as session:
+        async with tenant_transaction(engine, loc(tenant)) as session:
             await session.execute(insert(projects).values(id=project_id, name="gone"))
             raise RuntimeError("boom")
-    async with tenant_session(engine, cache, loc(tenant)) as session:
+    async with tenant_transaction(engine, loc(tenant)) as session:
         assert (
             await session.scalar(select(projects.c.id).where(projects.c.id == project_id)) is None
         )
@@ -143,10 +139,9 @@ async def test_an_error_rolls_everything_back(engine: AsyncEngine, tenant: Tenan
 async def test_cancelled_request_never_leaks_its_transaction_or_pin(
     one_connection: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    cache = StatementCache(one_connection.dialect)
 
     async def slow() -> None:
-        async with tenant_session(one_connection, cache, loc(tenant)) as session:
+        async with tenant_transaction(one_connection, loc(tenant)) as session:
             await session.execute(text("SELECT pg_sleep(5)"))
 
     task = asyncio.create_task(slow())

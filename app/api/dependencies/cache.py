@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.dependencies.tenant import CurrentTenant
-from app.db.tenancy import tenant_transaction
+from app.db.session import Executor, tenant_transaction
 from app.services.cache import CachedResponse, CacheKey, TenantCache
 from app.services.tenants import Tenant
 
-Load = Callable[[AsyncConnection], Awaitable[CachedResponse]]
+Load = Callable[[Executor], Awaitable[CachedResponse]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.dependencies.cache import Invalidation
 from app.api.dependencies.tenant import CurrentTenant
-from app.db.tenancy import tenant_transaction
+from app.db.session import Executor, tenant_transaction
 
 
 def get_engine(request: Request) -> AsyncEngine:
@@ -23,7 +23,7 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 async def get_tenant_connection(
     request: Request, tenant: CurrentTenant, invalidation: Invalidation
-) -> AsyncIterator[AsyncConnection]:
+) -> AsyncIterator[Executor]:
     """One transaction per request, pinned to the tenant before anything else runs.
 
     Commits when the endpoint returns, rolls back when it raises; both happen before the
@@ -38,4 +38,4 @@ async def get_tenant_connection(
     await invalidation.apply(request.app.state.cache, tenant.slug)
 
 
-TenantConnection = Annotated[AsyncConnection, Depends(get_tenant_connection, scope="function")]
+TenantConnection = Annotated[Executor, Depends(get_tenant_connection, scope="function")]

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api.dependencies.cache import CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
@@ -16,6 +15,7 @@ from app.api.endpoints import _cache_keys as keys
 from app.api.endpoints._resources import cacheable, created, from_cached, from_stored
 from app.api.errors import TENANT_ERRORS, responses
 from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions
+from app.db.session import Executor
 from app.schemas.common import Page
 from app.schemas.projects import ProjectCreate, ProjectOut, ProjectUpdate
 from app.services import idempotency
@@ -64,7 +64,7 @@ async def list_projects(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
-    async def load(conn: AsyncConnection) -> CachedResponse:
+    async def load(conn: Executor) -> CachedResponse:
         records, next_cursor = await service.list_projects(conn, limit=limit, cursor=cursor)
         page = Page[ProjectOut](
             items=[ProjectOut.model_validate(r) for r in records], next_cursor=next_cursor
@@ -83,7 +83,7 @@ async def list_projects(
 async def get_project(
     project_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
 ) -> Response:
-    async def load(conn: AsyncConnection) -> CachedResponse:
+    async def load(conn: Executor) -> CachedResponse:
         record = await service.get_project(conn, project_id)
         return cacheable(ProjectOut.model_validate(record), etag=etag(record.id, record.version))
 

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api.dependencies.cache import CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
@@ -17,6 +16,7 @@ from app.api.endpoints._resources import cacheable, created, from_cached, from_s
 from app.api.errors import TENANT_ERRORS, responses
 from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions
 from app.db.repositories.tasks import TaskFilter
+from app.db.session import Executor
 from app.schemas.common import Page, SafeStr
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
 from app.services import idempotency
@@ -77,7 +77,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
-    async def load(conn: AsyncConnection) -> CachedResponse:
+    async def load(conn: Executor) -> CachedResponse:
         records, next_cursor = await service.list_tasks(
             conn,
             project_id,
@@ -105,7 +105,7 @@ async def list_tasks(
 async def get_task(
     task_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
 ) -> Response:
-    async def load(conn: AsyncConnection) -> CachedResponse:
+    async def load(conn: Executor) -> CachedResponse:
         record = await service.get_task(conn, task_id)
         return cacheable(TaskOut.model_validate(record), etag=etag(record.id, record.version))
 

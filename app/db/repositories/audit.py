@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import insert, select
 
 from app.db.models.tenant import audit_events
 from app.db.repositories._keyset import older_than
+from app.db.session import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +25,11 @@ class AuditEventRecord:
     request_id: str | None
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> AuditEventRecord:
+    def from_row(cls, row: Any) -> AuditEventRecord:
         return cls(**row._mapping)
 
 
-async def insert_event(conn: AsyncConnection, event: AuditEventRecord) -> None:
+async def insert_event(conn: Executor, event: AuditEventRecord) -> None:
     await conn.execute(
         insert(audit_events).values(
             id=event.id,
@@ -44,7 +44,7 @@ async def insert_event(conn: AsyncConnection, event: AuditEventRecord) -> None:
 
 
 async def list_events(
-    conn: AsyncConnection, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+    conn: Executor, *, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[AuditEventRecord]:
     query = select(audit_events)
     if after is not None:

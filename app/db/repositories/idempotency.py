@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.models.tenant import idempotency_keys
+from app.db.session import Executor
 
 # The lock id hashes the pinned schema with the key, so keys are per tenant without the
 # schema name ever appearing in Python; the lock ends with the transaction.
@@ -29,13 +29,13 @@ class IdempotencyRecord:
     response_body: bytes
 
 
-async def try_lock_key(conn: AsyncConnection, key: str) -> bool:
+async def try_lock_key(conn: Executor, key: str) -> bool:
     """Take the key's transaction-scoped lock without waiting; False when another
     transaction (a request still running with this key) holds it."""
     return bool(await conn.scalar(_TRY_LOCK, {"key": key}))
 
 
-async def get_live(conn: AsyncConnection, key: str) -> IdempotencyRecord | None:
+async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
     """The finished, unexpired record of `key`; an expired one is as good as absent."""
     row = (
         await conn.execute(
@@ -59,9 +59,7 @@ async def get_live(conn: AsyncConnection, key: str) -> IdempotencyRecord | None:
     return IdempotencyRecord(**values)
 
 
-async def save_done(
-    conn: AsyncConnection, record: IdempotencyRecord, *, keep_for: timedelta
-) -> None:
+async def save_done(conn: Executor, record: IdempotencyRecord, *, keep_for: timedelta) -> None:
     """Record the response; replaces an expired record of the same key (the caller holds the
     key's lock and found no live record, so any row left is an expired one)."""
     values = {

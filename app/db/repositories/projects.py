@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, exists, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import delete, exists, insert, select, update
 
 from app.db.models.tenant import projects
 from app.db.repositories._keyset import older_than
+from app.db.session import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +25,12 @@ class ProjectRecord:
     version: int
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> ProjectRecord:
+    def from_row(cls, row: Any) -> ProjectRecord:
         return cls(**row._mapping)
 
 
 async def insert_project(
-    conn: AsyncConnection, *, id: uuid.UUID, name: str, description: str | None, at: datetime
+    conn: Executor, *, id: uuid.UUID, name: str, description: str | None, at: datetime
 ) -> ProjectRecord:
     row = (
         await conn.execute(
@@ -42,12 +42,12 @@ async def insert_project(
     return ProjectRecord.from_row(row)
 
 
-async def get_project(conn: AsyncConnection, project_id: uuid.UUID) -> ProjectRecord | None:
+async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord | None:
     row = (await conn.execute(select(projects).where(projects.c.id == project_id))).one_or_none()
     return ProjectRecord.from_row(row) if row else None
 
 
-async def lock_project_for_child(conn: AsyncConnection, project_id: uuid.UUID) -> bool:
+async def lock_project_for_child(conn: Executor, project_id: uuid.UUID) -> bool:
     """True when the project exists; it then cannot be deleted until this transaction ends
     (FOR KEY SHARE: the lock a foreign key takes, which lets updates of the project through)."""
     found = await conn.scalar(
@@ -56,12 +56,12 @@ async def lock_project_for_child(conn: AsyncConnection, project_id: uuid.UUID) -
     return found is not None
 
 
-async def project_exists(conn: AsyncConnection, project_id: uuid.UUID) -> bool:
+async def project_exists(conn: Executor, project_id: uuid.UUID) -> bool:
     return bool(await conn.scalar(select(exists().where(projects.c.id == project_id))))
 
 
 async def list_projects(
-    conn: AsyncConnection, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+    conn: Executor, *, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[ProjectRecord]:
     query = select(projects)
     if after is not None:
@@ -71,7 +71,7 @@ async def list_projects(
 
 
 async def update_project(
-    conn: AsyncConnection,
+    conn: Executor,
     project_id: uuid.UUID,
     values: Mapping[str, Any],
     *,
@@ -95,7 +95,7 @@ async def update_project(
 
 
 async def delete_project(
-    conn: AsyncConnection, project_id: uuid.UUID, *, versions: Collection[int] | None
+    conn: Executor, project_id: uuid.UUID, *, versions: Collection[int] | None
 ) -> bool:
     """Delete the project (its tasks go by ON DELETE CASCADE); False when nothing matched."""
     query = delete(projects).where(projects.c.id == project_id)

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Row, Text, delete, exists, insert, literal, select, update
+from sqlalchemy import Text, delete, exists, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.models.tenant import tasks
 from app.db.repositories._keyset import older_than
+from app.db.session import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class TaskRecord:
     version: int
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> TaskRecord:
+    def from_row(cls, row: Any) -> TaskRecord:
         return cls(**row._mapping)
 
 
@@ -44,22 +44,22 @@ class TaskFilter:
     label: str | None = None
 
 
-async def insert_task(conn: AsyncConnection, values: Mapping[str, Any]) -> TaskRecord:
+async def insert_task(conn: Executor, values: Mapping[str, Any]) -> TaskRecord:
     row = (await conn.execute(insert(tasks).values(**values).returning(tasks))).one()
     return TaskRecord.from_row(row)
 
 
-async def get_task(conn: AsyncConnection, task_id: uuid.UUID) -> TaskRecord | None:
+async def get_task(conn: Executor, task_id: uuid.UUID) -> TaskRecord | None:
     row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).one_or_none()
     return TaskRecord.from_row(row) if row else None
 
 
-async def task_exists(conn: AsyncConnection, task_id: uuid.UUID) -> bool:
+async def task_exists(conn: Executor, task_id: uuid.UUID) -> bool:
     return bool(await conn.scalar(select(exists().where(tasks.c.id == task_id))))
 
 
 async def list_tasks(
-    conn: AsyncConnection,
+    conn: Executor,
     project_id: uuid.UUID,
     *,
     filters: TaskFilter,
@@ -81,7 +81,7 @@ async def list_tasks(
 
 
 async def update_task(
-    conn: AsyncConnection,
+    conn: Executor,
     task_id: uuid.UUID,
     values: Mapping[str, Any],
     *,
@@ -101,7 +101,7 @@ async def update_task(
 
 
 async def delete_task(
-    conn: AsyncConnection, task_id: uuid.UUID, *, versions: Collection[int] | None
+    conn: Executor, task_id: uuid.UUID, *, versions: Collection[int] | None
 ) -> uuid.UUID | None:
     """Delete the task; its project's id, or None when nothing matched."""
     query = delete(tasks).where(tasks.c.id == task_id)
