@@ -534,8 +534,14 @@ async def test_redis_stopped_mid_run_then_started_again_on_the_same_port(
         url = f"/v1/projects/{project['id']}"
         await call("GET", url)
         await until_cached_and_limited(call, url)
+        call.slowest = 0.0
+        for _ in range(3):  # what requests take here with Redis up, everything warm
+            await call("GET", url)
+            await call("GET", "/v1/projects")
+        healthy = call.slowest
 
         redis_server.stop()
+        call.slowest = 0.0
         meter = CacheMeter()
         read = await call("GET", url)
         assert (read.status_code, read.json()["name"]) == (200, "before")
@@ -556,9 +562,9 @@ async def test_redis_stopped_mid_run_then_started_again_on_the_same_port(
         assert ready.status_code == 200
         assert ready.json() == {"status": "ok", "checks": {"database": "ok", "redis": "degraded"}}
         assert meter.delta()["hit"] == 0 and meter.delta()["error"] >= 5
-        # A stopped Redis refuses connections at once: no request waits even one timeout
-        # (a frozen one is bounded by the timeouts, below).
-        assert call.slowest < timeout, call.slowest
+        # A stopped Redis refuses connections at once: no request waits as long as one
+        # Redis timeout beyond its healthy time (a frozen one is bounded below).
+        assert call.slowest < min(healthy + timeout, 1.0), (call.slowest, healthy)
 
         # Back on the same port, with its data: the entry cached before the PATCH returns
         # with it, and must not be served; caching and limiting resume by themselves.
