@@ -526,7 +526,8 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             "DATABASE_URL": db_url,
             "REDIS_URL": REDIS_URL,
             "AUTH_ISSUER": issuer_url,
-            "LOG_LEVEL": "WARNING",
+            # Logging on, as in production: one JSON access line per request (to a file).
+            "LOG_LEVEL": "INFO",
             "RATE_LIMIT_DEFAULT": "1000000/minute",
             "DB_TENANT_ROLE_PREFIX": role_prefix,
             "ENVIRONMENT": "development",
