@@ -874,6 +874,9 @@ def write_markdown(report: Report, output: Path) -> None:
         *(f"| {t} | {m} | {v} |" for t, m, v in report.targets),
         "",
         "Targets marked *not measured* could not be measured in this run (see the sections).",
+        "Where each request's CPU goes, part by part against the issue's per-request budget: "
+        "`docs/profile.md` (`uv run python scripts/profile_request.py`). What the misses "
+        "come from and what is left to do: `docs/performance.md`.",
         "",
         "## Machine",
         "",

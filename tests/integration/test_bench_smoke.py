@@ -53,3 +53,26 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert section in text, section
     assert "QUICK" in text
     assert "| baseline: GET /v1/projects/{id}" in text
+
+
+def test_request_profile_writes_every_part(tmp_path: Path) -> None:
+    output = tmp_path / "profile.md"
+    done = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, str(ROOT / "scripts" / "profile_request.py"), "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = output.read_text()
+    for part in (
+        "rate limit (one Redis round trip)",
+        "JWT verification, token seen before",
+        "metrics (HTTP instrumentation)",
+        "tenant pin",
+        "cache hit",
+        "cache off",
+    ):
+        assert part in text, part

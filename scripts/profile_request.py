@@ -1,0 +1,320 @@
+"""CPU cost of one request, part by part, against issue 8's budget (writes docs/profile.md).
+
+    uv run python scripts/profile_request.py [--output docs/profile.md]
+
+In-process and sequential (no HTTP server, no load generator), so the numbers are CPU
+microseconds spent in this process per request, not latency: they say where the time of
+the load test in docs/benchmarks.md goes. It creates its own database (dropped at the
+end), uses Redis DB 11 (flushed) and serves the dev issuer's JWKS on a loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvicorn
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asgi_lifespan import LifespanManager  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from app.core.config import Settings  # noqa: E402
+from app.core.metrics import RouteTemplateMiddleware  # noqa: E402
+from app.db.engine import build_engine  # noqa: E402
+from app.db.migrate import migrate_shared  # noqa: E402
+from app.devissuer import DevIssuer  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.services.tenants import create_tenant  # noqa: E402
+
+SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")
+N = 2000
+
+# Issue 8's per-request CPU budget.
+BUDGET = {
+    "JWT verification, token seen before": 75,
+    "rate limit (one Redis round trip)": 150,
+    "metrics (HTTP instrumentation)": 75,
+    "tenant pin (BEGIN + pin in one round trip, vs BEGIN alone)": 150,
+}
+
+
+async def call(app: Any, path: str, token: str, method: str = "GET", body: bytes = b"") -> int:
+    headers = [
+        (b"host", b"bench"),
+        (b"authorization", b"Bearer " + token.encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
+    for _ in range(max(100, n // 10)):
+        await fn()
+    started = time.process_time()
+    for _ in range(n):
+        await fn()
+    return (time.process_time() - started) / n * 1e6
+
+
+def serve_issuer(keys: Path) -> tuple[DevIssuer, str, uvicorn.Server]:
+    """The dev issuer over real HTTP on a free loopback port (its URL is its `iss`)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dev = DevIssuer(Settings(auth_issuer=url), key_dir=keys, issuer=url)
+    server = uvicorn.Server(uvicorn.Config(dev.asgi_app(), log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return dev, url, server
+
+
+async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]:
+    engine = build_engine(settings)
+    await migrate_shared(engine)
+    tenant = await create_tenant(
+        engine, settings, slug="profiled", name="P", plan="pro", rate_limit=None
+    )
+    await engine.dispose()
+    token = dev.mint("profiler", tenant=tenant.slug, scopes="api:read api:write")
+    rows: list[tuple[str, float]] = []
+
+    async def with_app(
+        app_settings: Settings, strip_metrics: bool = False
+    ) -> tuple[FastAPI, LifespanManager]:
+        app = create_app(app_settings)
+        if strip_metrics:
+            app.user_middleware = [
+                m for m in app.user_middleware if m.cls is not RouteTemplateMiddleware
+            ]
+        manager = LifespanManager(app)
+        await manager.__aenter__()
+        return app, manager
+
+    app, manager = await with_app(settings)
+    status = 0
+
+    async def create() -> None:
+        nonlocal status
+        status = await call(app, "/v1/projects", token, "POST", json.dumps({"name": "p"}).encode())
+
+    await create()
+    assert status == 201
+    from sqlalchemy import select
+
+    from app.db.models.tenant import projects as projects_table
+    from app.db.session import tenant_transaction
+    from app.db.tenancy import TenantSchema
+
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    async with tenant_transaction(app.state.engine, location) as session:
+        project_id = await session.scalar(select(projects_table.c.id).limit(1))
+    read = f"/v1/projects/{project_id}"
+
+    rows.append(
+        (
+            "GET /healthz (framework and request middleware floor)",
+            await cpu_per_call(lambda: call(app, "/healthz", token)),
+        )
+    )
+    rows.append(
+        (
+            "GET /v1/tenant (auth, tenant, rate limit, metrics, log; no database)",
+            await cpu_per_call(lambda: call(app, "/v1/tenant", token)),
+        )
+    )
+    rows.append(
+        (
+            f"GET {read.replace(str(project_id), '{id}')}, cache hit",
+            await cpu_per_call(lambda: call(app, read, token)),
+        )
+    )
+    limiter = app.state.rate_limiter
+    original = limiter.check
+
+    async def no_limit(*_: Any, **__: Any) -> None:
+        return None
+
+    limiter.check = no_limit
+    without_limit = await cpu_per_call(lambda: call(app, "/v1/tenant", token))
+    limiter.check = original
+    rows.append(("rate limit (one Redis round trip)", rows[1][1] - without_limit))
+
+    verifier = app.state.token_verifier
+    rows.append(
+        (
+            "JWT verification, token seen before",
+            await cpu_per_call(lambda: verifier.verify(token), n=20000),
+        )
+    )
+    fresh = [dev.mint(f"u{i}", tenant=tenant.slug, scopes="api:read") for i in range(N + 200)]
+    tokens = iter(fresh)
+    rows.append(
+        (
+            "JWT verification, new RS256 token (not in the budget: once per token)",
+            await cpu_per_call(lambda: verifier.verify(next(tokens))),
+        )
+    )
+    await manager.__aexit__(None, None, None)
+
+    cold_app, cold = await with_app(settings.model_copy(update={"cache_ttl_seconds": 0}))
+    rows.append(
+        (
+            f"GET {read.replace(str(project_id), '{id}')}, cache off (every read a miss)",
+            await cpu_per_call(lambda: call(cold_app, read, token)),
+        )
+    )
+    await cold.__aexit__(None, None, None)
+
+    bare_app, bare = await with_app(settings, strip_metrics=True)
+    without_metrics = await cpu_per_call(lambda: call(bare_app, "/v1/tenant", token))
+    rows.append(("metrics (HTTP instrumentation)", rows[1][1] - without_metrics))
+    await bare.__aexit__(None, None, None)
+
+    conn = await asyncpg.connect(settings.dsn)
+    pin = (
+        f"BEGIN; SELECT set_config('search_path', '\"{tenant.schema}\"', true), "
+        f"set_config('role', '{tenant.db_role}', true)"
+    )
+
+    async def pinned() -> None:
+        await conn.execute(pin)
+        await conn.execute("COMMIT")
+
+    async def unpinned() -> None:
+        await conn.execute("BEGIN")
+        await conn.execute("COMMIT")
+
+    rows.append(
+        (
+            "tenant pin (BEGIN + pin in one round trip, vs BEGIN alone)",
+            await cpu_per_call(pinned) - await cpu_per_call(unpinned),
+        )
+    )
+    await conn.close()
+    return rows
+
+
+def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
+    lines = [
+        "# Where a request's CPU goes",
+        "",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs. In-process, sequential: "
+        "CPU microseconds this process spends per request (PostgreSQL's and Redis's own time "
+        "is not included). Rows that are differences (rate limit, metrics, pin) come from "
+        "the same request measured with and without the part.",
+        "",
+        "| part | µs CPU | issue 8 budget | verdict |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for name, value in rows:
+        budget = BUDGET.get(name)
+        verdict = "" if budget is None else ("met" if value <= budget else "**over**")
+        lines.append(f"| {name} | {value:,.0f} | {'' if budget is None else budget} | {verdict} |")
+    output.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "profile.md")
+    args = parser.parse_args()
+    database = f"tessera_profile_{uuid.uuid4().hex[:8]}"
+    prefix = f"p{uuid.uuid4().hex[:5]}_"
+    server = SERVER_URL.rsplit("/", 1)[0]
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(SERVER_URL)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{database}"'))
+    keys = Path(tempfile.mkdtemp(prefix="tessera-profile-"))
+    try:
+        dev, url, issuer_server = serve_issuer(keys)
+        settings = Settings(
+            database_url=f"{server}/{database}",
+            redis_url=REDIS_URL,
+            auth_issuer=url,
+            db_tenant_role_prefix=prefix,
+            rate_limit_default="1000000/minute",
+            log_level="INFO",
+            environment="development",
+        )
+        # Access logs are on, as in production, written where they cost what a file costs.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            rows = uvloop.run(measure(settings, dev))  # the loop uvicorn runs Tessera on
+        issuer_server.should_exit = True
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+        async def drop_roles() -> None:
+            conn = await asyncpg.connect(SERVER_URL)
+            try:
+                for row in await conn.fetch(
+                    "SELECT rolname FROM pg_roles WHERE rolname LIKE $1", prefix + "%"
+                ):
+                    await conn.execute(f'DROP ROLE "{row["rolname"]}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop_roles())
+    write(rows, args.output, "uv run python scripts/profile_request.py")
+    print(args.output.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
