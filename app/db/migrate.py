@@ -88,10 +88,10 @@ def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> str:
     """The SQL that takes one tenant schema from `from_rev` to head, rendered once.
 
     Tenant tables are never schema-qualified, so the same text serves every tenant: it runs
-    under the tenant's pinned search_path. Rendering (Alembic's offline mode) happens once
-    per starting revision, not once per tenant, and Alembic's process-global context is
-    never entered concurrently. Tenant migrations must therefore be expressible as SQL
-    (DDL and data statements), which is what Alembic's `--sql` mode requires anyway.
+    in the tenant schema the transaction is pinned to. Rendering (Alembic's offline mode)
+    happens once per starting revision, not once per tenant, and Alembic's process-global
+    context is never entered concurrently. Tenant migrations must therefore be expressible
+    as SQL (DDL and data statements), which is what Alembic's `--sql` mode requires anyway.
     """
     key = (script.dir, from_rev)
     cached = _rendered.get(key)

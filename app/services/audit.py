@@ -9,7 +9,7 @@ from app.core.context import request_id_var
 from app.db.repositories import audit as repo
 from app.db.repositories.audit import AuditEventRecord
 from app.db.session import Executor
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import cut_page, decode_cursor
 
 
 async def record_event(
@@ -41,7 +41,4 @@ async def list_events(
 ) -> tuple[list[AuditEventRecord], str | None]:
     after = decode_cursor(cursor) if cursor else None
     events = await repo.list_events(conn, limit=limit + 1, after=after)
-    if len(events) <= limit:
-        return events, None
-    events = events[:limit]
-    return events, encode_cursor(events[-1].at, events[-1].id)
+    return cut_page(events, limit, lambda event: (event.at, event.id))

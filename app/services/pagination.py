@@ -6,11 +6,15 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 from app.core.errors import UnprocessableEntity
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+
+Row = TypeVar("Row")
 
 
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
@@ -37,3 +41,27 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
                 ]
             },
         ) from exc
+
+
+def cut_page(
+    rows: list[Row], limit: int, position: Callable[[Row], tuple[datetime, uuid.UUID]]
+) -> tuple[list[Row], str | None]:
+    """One page from `limit + 1` rows fetched newest first: the extra row only says that a
+    next page exists, and the cursor names the last row kept."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(*position(rows[-1]))
+
+
+class CreatedRow(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+def created(row: CreatedRow) -> tuple[datetime, uuid.UUID]:
+    """The keyset position of a row ordered by (created_at, id)."""
+    return row.created_at, row.id

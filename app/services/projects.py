@@ -12,7 +12,7 @@ from app.db.session import Executor
 from app.schemas.projects import ProjectCreate, ProjectUpdate
 from app.services.audit import record_event
 from app.services.clock import utcnow
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import created, cut_page, decode_cursor
 
 RESOURCE = "project"
 
@@ -58,10 +58,7 @@ async def list_projects(
 ) -> tuple[list[ProjectRecord], str | None]:
     after = decode_cursor(cursor) if cursor else None
     records = await repo.list_projects(conn, limit=limit + 1, after=after)
-    if len(records) <= limit:
-        return records, None
-    records = records[:limit]
-    return records, encode_cursor(records[-1].created_at, records[-1].id)
+    return cut_page(records, limit, created)
 
 
 async def update_project(

@@ -13,7 +13,7 @@ from app.db.session import Executor
 from app.schemas.tasks import TaskCreate, TaskUpdate
 from app.services.audit import record_event
 from app.services.clock import utcnow
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import created, cut_page, decode_cursor
 from app.services.projects import ProjectNotFound, VersionMismatch
 
 RESOURCE = "task"
@@ -75,10 +75,7 @@ async def list_tasks(
     if not await projects_repo.project_exists(conn, project_id):
         raise ProjectNotFound()
     records = await repo.list_tasks(conn, project_id, filters=filters, limit=limit + 1, after=after)
-    if len(records) <= limit:
-        return records, None
-    records = records[:limit]
-    return records, encode_cursor(records[-1].created_at, records[-1].id)
+    return cut_page(records, limit, created)
 
 
 async def update_task(

@@ -19,7 +19,7 @@ from app.db.migrate import TENANT_DIR, load_script, stamp_tenant_schema, upgrade
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import created, cut_page, decode_cursor
 
 logger = logging.getLogger("tessera.tenants")
 
@@ -196,12 +196,7 @@ async def list_tenants(
     after = decode_cursor(cursor) if cursor else None
     async with engine.connect() as conn:
         records = await repo.list_page(conn, limit=limit + 1, status=status, after=after)
-    next_cursor = None
-    if len(records) > limit:
-        records = records[:limit]
-        last = records[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
-    return records, next_cursor
+    return cut_page(records, limit, created)
 
 
 async def update_tenant(engine: AsyncEngine, slug: str, **changes: object) -> TenantRecord:

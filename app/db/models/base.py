@@ -15,6 +15,6 @@ NAMING_CONVENTION = {
 PLATFORM_SCHEMA = "platform"
 
 # Shared tables declare their schema; tenant tables declare none, so their SQL text is the
-# same for every tenant and resolves through the transaction's pinned search_path.
+# same for every tenant and resolves through the tenant schema the transaction is pinned to.
 shared_metadata = MetaData(schema=PLATFORM_SCHEMA, naming_convention=NAMING_CONVENTION)
 tenant_metadata = MetaData(naming_convention=NAMING_CONVENTION)

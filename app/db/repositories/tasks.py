@@ -1,4 +1,4 @@
-"""Queries on a tenant's `tasks` table (through the transaction's pinned search_path)."""
+"""Queries on a tenant's `tasks` table (through the transaction's pinned tenant schema)."""
 
 from __future__ import annotations
 
