@@ -172,26 +172,41 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
+# asyncpg's exceptions that mean the server went away or refused us, by class name (the
+# request path meets them raw through TenantSession, and wrapped through SQLAlchemy).
+_UNREACHABLE_DRIVER_ERRORS = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "ConnectionFailureError",
+        "ConnectionRejectionError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+    }
+)
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when `exc` means PostgreSQL could not be reached (not a bad query)."""
-    if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # the exception and its causes
+        seen.add(id(current))
+        if isinstance(current, sa_exc.TimeoutError):  # pool checkout timed out
             return True
-        orig = exc.orig
-        cause = getattr(orig, "__cause__", None)
-        if isinstance(cause, OSError | TimeoutError):
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        name = type(cause).__name__ if cause is not None else ""
-        return name in {
-            "ConnectionDoesNotExistError",
-            "CannotConnectNowError",
-            "ConnectionFailureError",
-            "TooManyConnectionsError",
-            "AdminShutdownError",
-        }
-    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+        if isinstance(current, OSError | TimeoutError | ConnectionError):
+            return True
+        name = type(current).__name__
+        if name in _UNREACHABLE_DRIVER_ERRORS:
+            return True
+        if name == "InterfaceError" and "connection is closed" in str(current):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 def _sanitize_loc(loc: Any) -> list[Any]:

@@ -227,6 +227,12 @@ async def tenant_transaction(
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
+        if raw.is_closed():
+            # The server dropped this pooled connection while it sat idle (restart,
+            # failover): replace it now rather than fail the request.
+            await conn.invalidate()
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
         clean = False
         try:
             if raw.is_in_transaction():  # never inherit someone else's transaction
