@@ -41,9 +41,8 @@ class Problem(BaseModel):
     errors: list[ValidationErrorItem] | None = None
 
 
-AUTH_ERRORS = (401, 403, 503)
-ADMIN_ERRORS = (401, 403, 413, 422, 503)
-TENANT_ERRORS = (401, 403, 413, 422, 429, 503)
+ADMIN_ERRORS = (400, 401, 403, 413, 422, 503)
+TENANT_ERRORS = (400, 401, 403, 413, 422, 429, 503)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
