@@ -142,7 +142,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
         value = raw.decode("ascii")
     except UnicodeDecodeError:
         return None
-    return value if _REQUEST_ID.match(value) else None
+    return value if _REQUEST_ID.fullmatch(value) else None
 
 
 def _content_length(scope: Scope) -> int | None:

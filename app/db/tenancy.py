@@ -36,7 +36,7 @@ def slug_problem(slug: str) -> str | None:
     """Why `slug` cannot name a tenant, or None when it can."""
     if not SLUG_MIN <= len(slug) <= SLUG_MAX:
         return f"must be {SLUG_MIN}-{SLUG_MAX} characters"
-    if not _SLUG_RE.match(slug):
+    if not _SLUG_RE.fullmatch(slug):
         return (
             "must start with a letter and be lowercase letters and digits, "
             "in groups joined by single hyphens"
@@ -56,7 +56,7 @@ def schema_for(slug: str, role_prefix: str = "") -> TenantSchema:
 
 def quote_ident(name: str) -> str:
     """Double-quote an identifier we derived ourselves (checked, so no escaping is needed)."""
-    if not _IDENTIFIER_RE.match(name):
+    if not _IDENTIFIER_RE.fullmatch(name):
         raise ValueError(f"not a safe identifier: {name!r}")
     return '"' + name + '"'
 

@@ -82,9 +82,9 @@ class CacheKey:
     query: str | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.collection):
+        if not _NAME.fullmatch(self.collection):
             raise ValueError(f"collection {self.collection!r} is not a cache name")
-        if self.resource_id is not None and not _NAME.match(self.resource_id):
+        if self.resource_id is not None and not _NAME.fullmatch(self.resource_id):
             raise ValueError(f"resource id {self.resource_id!r} is not a cache name")
         if (self.resource_id is None) == (self.query is None):
             raise ValueError("a cache key names either one resource or one page")

@@ -48,7 +48,7 @@ class StoredResponse:
 
 
 def validate_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise InvalidIdempotencyKey(
             "Idempotency-Key must be 1-255 visible ASCII characters (no spaces)."
         )

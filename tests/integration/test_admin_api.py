@@ -86,6 +86,7 @@ async def test_default_rate_limit_is_shown_when_the_tenant_has_none(
         "a_b",
         "x'; DROP--",
         "ünïcode",
+        "acme\n",
         "tab\tx",
         "acme\u0000x",
     ],

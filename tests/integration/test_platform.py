@@ -90,7 +90,7 @@ async def test_request_id_is_echoed_when_valid(client: httpx.AsyncClient) -> Non
 
 
 async def test_request_id_is_replaced_when_invalid(client: httpx.AsyncClient) -> None:
-    for bad in ("has space", "x" * 129, "semi;colon", ""):
+    for bad in ("has space", "x" * 129, "semi;colon", "", "trailing-newline\n"):
         response = await client.get("/healthz", headers={"X-Request-ID": bad})
         uuid.UUID(response.headers["X-Request-ID"])
 

@@ -292,6 +292,7 @@ async def test_schema_name_is_derived_and_short() -> None:
         "ünï",
         "acme\x00",
         "tenant'x",
+        "acme\n",
     ],
 )
 def test_bad_slugs_are_refused(slug: str) -> None:
@@ -306,3 +307,9 @@ async def test_pinned_connection_error_is_database_error(
             await pin_tenant(conn, loc(tenant))
             with pytest.raises(DBAPIError):
                 await conn.execute(text("SELECT * FROM no_such_table"))
+
+
+@pytest.mark.parametrize("name", ["tenant_acme\n", "Tenant", "a-b", 'x"y', "", "a" * 64])
+def test_quote_ident_refuses_anything_but_plain_identifiers(name: str) -> None:
+    with pytest.raises(ValueError):
+        tenancy.quote_ident(name)
