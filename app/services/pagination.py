@@ -7,7 +7,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from app.core.errors import UnprocessableEntity
@@ -30,8 +30,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         at = datetime.fromisoformat(at_text)
         if at.tzinfo is None:
             raise ValueError("naive timestamp")
+        at = at.astimezone(UTC)  # also refuses offsets that fall outside datetime's range
         return at, uuid.UUID(id_text)
-    except (ValueError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeEncodeError) as exc:
         raise UnprocessableEntity(
             "The cursor is not one this API issued.",
             code="invalid_cursor",

@@ -235,7 +235,16 @@ async def test_pagination_is_stable_under_concurrent_inserts(
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=101", "limit=abc", "cursor=bm9wZQ", "cursor=%00", "cursor=" + "a" * 513],
+    [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "cursor=bm9wZQ",
+        "cursor=%00",
+        "cursor=" + "a" * 513,
+        # a well-formed cursor whose moment lies before year 1 in UTC
+        "cursor=WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwgIjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCJd",
+    ],
 )
 async def test_bad_page_parameters_answer_422(
     client: httpx.AsyncClient, headers: Headers, query: str
