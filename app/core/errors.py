@@ -96,6 +96,13 @@ class InsufficientScope(BearerChallenge, Forbidden):
     challenge = 'Bearer error="insufficient_scope"'
 
 
+class TenantNotFoundForToken(Forbidden):
+    """403 `tenant_not_found`: the token names no tenant, or one that does not exist (any
+    more). Forbidden rather than 404: the caller's credentials, not the URL, are at fault."""
+
+    code = "tenant_not_found"
+
+
 class NotFound(TesseraError):
     status, code = 404, "not_found"
 

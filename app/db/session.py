@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
+from asyncpg.exceptions import InvalidParameterValueError
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from app.core.errors import TenantNotFoundForToken
 from app.db.tenancy import TenantSchema, begin_pinned_sql
 
 Processor = Callable[[Any], Any] | None
@@ -237,7 +239,12 @@ async def tenant_transaction(
         try:
             if raw.is_in_transaction():  # never inherit someone else's transaction
                 await raw.execute("ROLLBACK")
-            await raw.execute(begin_pinned_sql(tenant))
+            try:
+                await raw.execute(begin_pinned_sql(tenant))
+            except InvalidParameterValueError as exc:
+                # The tenant's role is gone: deleted while this replica's registry entry
+                # (at most TENANT_REGISTRY_TTL_SECONDS old) still had it.
+                raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
             try:
                 yield TenantSession(raw, statement_cache(engine))
             except BaseException:

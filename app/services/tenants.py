@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
@@ -22,6 +22,8 @@ from app.db.tenancy import TenantSchema
 from app.services.pagination import created, cut_page, decode_cursor
 
 logger = logging.getLogger("tessera.tenants")
+
+DUPLICATE_OBJECT = "42710"  # SQLSTATE of CREATE ROLE on a name already taken
 
 
 class TenantNotFound(NotFound):
@@ -172,6 +174,15 @@ async def create_tenant(
     except IntegrityError as exc:
         if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
             raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
+        raise
+    except ProgrammingError as exc:
+        # Roles are server-wide: another database on this server (or a stale role) may hold
+        # the name. Nothing was created here; say so instead of failing with a 500.
+        if getattr(exc.orig, "sqlstate", None) == DUPLICATE_OBJECT:
+            raise TenantExists(
+                f"The database role for tenant {slug!r} already exists on the server; "
+                "set DB_TENANT_ROLE_PREFIX when several Tessera databases share a server."
+            ) from exc
         raise
     return record
 

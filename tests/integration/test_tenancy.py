@@ -313,3 +313,21 @@ async def test_pinned_connection_error_is_database_error(
 def test_quote_ident_refuses_anything_but_plain_identifiers(name: str) -> None:
     with pytest.raises(ValueError):
         tenancy.quote_ident(name)
+
+
+async def test_a_role_name_taken_on_the_server_is_409_and_leaves_nothing(
+    settings: Settings, engine: AsyncEngine, unique_slug: Callable[[str], str]
+) -> None:
+    slug = unique_slug("taken")
+    location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
+    async with engine.begin() as conn:  # e.g. another Tessera database on the same server
+        await conn.execute(text(f'CREATE ROLE "{location.role}"'))
+    try:
+        with pytest.raises(TenantExists, match="already exists on the server"):
+            await service.create_tenant(
+                engine, settings, slug=slug, name="T", plan="free", rate_limit=None
+            )
+        assert await _objects_exist(engine, location.schema, location.role, slug) == ["role"]
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP ROLE "{location.role}"'))

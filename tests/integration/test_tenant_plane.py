@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories.tenants import TenantRecord
+from app.services import tenants as service
 from tests.conftest import MakeToken
 from tests.integration.test_platform import assert_problem
 
@@ -137,3 +139,14 @@ async def test_no_token_and_bad_token_on_tenant_api(client: httpx.AsyncClient) -
     response = await client.get("/v1/projects", headers={"Authorization": "Bearer abc.def.ghi"})
     assert_problem(response, 401, "invalid_token")
     assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_tenant_deleted_through_another_replica_is_tenant_not_found_not_500(
+    client: httpx.AsyncClient, tenant: TenantRecord, headers: Headers, engine: AsyncEngine
+) -> None:
+    assert (await client.get("/v1/tenant", headers=headers)).status_code == 200  # cached here
+    # Another replica suspends and deletes it; this one still holds the tenant as active.
+    await service.update_tenant(engine, tenant.slug, status="suspended")
+    await service.delete_tenant(engine, tenant.slug)
+    response = await client.post("/v1/projects", json={"name": "late"}, headers=headers)
+    assert_problem(response, 403, "tenant_not_found")

@@ -8,15 +8,11 @@ from fastapi import Depends, Request
 
 from app.api.dependencies.auth import Principal, PrincipalDep, check_scopes
 from app.core.context import tenant_var
-from app.core.errors import Forbidden
+from app.core.errors import Forbidden, TenantNotFoundForToken
 from app.services.tenants import Tenant, TenantRegistry
 
 READ_SCOPES = ("api:read", "api:write")
 WRITE_SCOPES = ("api:write",)
-
-
-class TenantNotFoundForToken(Forbidden):
-    code = "tenant_not_found"
 
 
 class TenantSuspended(Forbidden):
