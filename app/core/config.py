@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Each statement of an API request (migrations and the CLI use the one above): below the
+    # contract's 5 s, so a database that stops answering costs a 503, never a hang.
+    db_request_timeout_seconds: float = Field(default=4.0, gt=0, le=30)
     # 0 behind PgBouncer in transaction mode (prepared statements do not survive there).
     db_statement_cache_size: int = Field(default=100, ge=0)
 

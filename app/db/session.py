@@ -28,6 +28,9 @@ from app.db.tenancy import TenantSchema, begin_pinned_sql
 
 Processor = Callable[[Any], Any] | None
 
+DEFAULT_TIMEOUT_SECONDS = 4.0
+ROLLBACK_TIMEOUT_SECONDS = 1.0
+
 
 class Row(Sequence[Any]):
     """One result row: by position, by column name (`row.name`), or as `row._mapping`."""
@@ -163,9 +166,10 @@ class Executor(Protocol):
 class TenantSession:
     """One request's transaction, pinned to its tenant before anything else runs."""
 
-    def __init__(self, raw: Any, cache: StatementCache) -> None:
+    def __init__(self, raw: Any, cache: StatementCache, timeout: float) -> None:
         self._raw = raw  # asyncpg.Connection
         self._cache = cache
+        self._timeout = timeout
 
     async def execute(
         self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
@@ -176,7 +180,7 @@ class TenantSession:
             value = values[name]
             processor = prepared.bind_processors.get(name)
             args.append(processor(value) if processor is not None else value)
-        records = await self._raw.fetch(prepared.sql, *args)
+        records = await self._raw.fetch(prepared.sql, *args, timeout=self._timeout)
         if not records:
             return Result([])
         processors = prepared.result_processors
@@ -216,11 +220,12 @@ def statement_cache(engine: AsyncEngine) -> StatementCache:
 
 @asynccontextmanager
 async def tenant_transaction(
-    engine: AsyncEngine, tenant: TenantSchema
+    engine: AsyncEngine, tenant: TenantSchema, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> AsyncIterator[TenantSession]:
     """The one way into a tenant's data on the request path: a pooled connection in one
     transaction, pinned to `tenant` before anything else runs. Commits when the block ends,
-    rolls back when it raises.
+    rolls back when it raises. Every statement waits at most `timeout` seconds
+    (DB_REQUEST_TIMEOUT_SECONDS), so a server that stops answering costs a 503, not a hang.
 
     A connection whose transaction could not be ended cleanly (cancelled mid-way, lost) is
     invalidated rather than returned to the pool, so it can never carry a tenant's pin into
@@ -238,20 +243,21 @@ async def tenant_transaction(
         clean = False
         try:
             if raw.is_in_transaction():  # never inherit someone else's transaction
-                await raw.execute("ROLLBACK")
+                await raw.execute("ROLLBACK", timeout=timeout)
             try:
-                await raw.execute(begin_pinned_sql(tenant))
+                await raw.execute(begin_pinned_sql(tenant), timeout=timeout)
             except InvalidParameterValueError as exc:
                 # The tenant's role is gone: deleted while this replica's registry entry
                 # (at most TENANT_REGISTRY_TTL_SECONDS old) still had it.
                 raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
             try:
-                yield TenantSession(raw, statement_cache(engine))
+                yield TenantSession(raw, statement_cache(engine), timeout)
             except BaseException:
-                await raw.execute("ROLLBACK")
+                # Short: if the server does not answer, the connection is dropped instead.
+                await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
                 clean = True
                 raise
-            await raw.execute("COMMIT")
+            await raw.execute("COMMIT", timeout=timeout)
             clean = True
         finally:
             if not clean:

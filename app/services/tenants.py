@@ -73,6 +73,7 @@ class TenantRegistry:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self._engine = engine
         self._ttl = settings.tenant_registry_ttl_seconds
+        self._timeout = settings.db_request_timeout_seconds
         self._default_rate_limit = settings.rate_limit_default
         self._entries: dict[str, tuple[float, Tenant | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
@@ -82,13 +83,21 @@ class TenantRegistry:
         now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
-        inflight = self._inflight.get(slug)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
+        while (inflight := self._inflight.get(slug)) is not None:
+            try:
+                return await asyncio.shield(inflight)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not inflight.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this request itself was cancelled
+                # The request that was loading was cancelled, not this one: load anew.
         future: asyncio.Future[Tenant | None] = asyncio.get_running_loop().create_future()
         self._inflight[slug] = future
         try:
             tenant = await self._load(slug)
+        except asyncio.CancelledError:
+            future.cancel()  # waiters load for themselves
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # consumed here; waiters re-raise their own copy
@@ -106,7 +115,7 @@ class TenantRegistry:
         self._entries.pop(slug, None)
 
     async def _load(self, slug: str) -> Tenant | None:
-        async with self._engine.connect() as conn:
+        async with asyncio.timeout(self._timeout), self._engine.connect() as conn:
             record = await repo.get_by_slug(conn, slug)
         if record is None or record.status == "provisioning":
             return None

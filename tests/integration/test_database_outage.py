@@ -24,6 +24,7 @@ class Proxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
+        self.frozen = False
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -49,6 +50,8 @@ class Proxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    while self.frozen:  # a server that stops answering, connections open
+                        await asyncio.sleep(0.02)
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
@@ -118,3 +121,34 @@ async def test_unreachable_database_from_the_start_is_503_not_500(
         response = await client.get("/v1/projects", headers=headers)
         assert_problem(response, 503, "database_unavailable")
         assert time.monotonic() - started < 5
+
+
+async def test_a_database_that_stops_answering_costs_a_503_within_5_s_not_a_hang(
+    settings: Settings, database_name: str, tenant: TenantRecord, headers: Headers
+) -> None:
+    server = urlsplit(SERVER_URL)
+    proxy = Proxy(server.hostname or "127.0.0.1", server.port or 5432)
+    await proxy.start()
+    through_proxy = with_database(
+        f"postgresql://{server.username or 'postgres'}@127.0.0.1:{proxy.port}/x", database_name
+    )
+    app_settings = settings.model_copy(
+        update={"database_url": through_proxy, "db_request_timeout_seconds": 1.5}
+    )
+    async with running_app(app_settings) as (_, client):
+        assert (await client.post("/v1/projects", json={"name": "a"}, headers=headers)).is_success
+        proxy.frozen = True
+        for path in ("/v1/projects?limit=9", "/v1/projects?limit=8"):  # pooled, then after TTL
+            started = time.monotonic()
+            response = await client.get(path, headers=headers)
+            assert_problem(response, 503, "database_unavailable")
+            assert time.monotonic() - started < 5
+            await asyncio.sleep(1.0)
+        proxy.frozen = False
+        deadline = time.monotonic() + 10
+        while (
+            await client.post("/v1/projects", json={"name": "b"}, headers=headers)
+        ).status_code != 201:
+            assert time.monotonic() < deadline, "no recovery within 10 s"
+            await asyncio.sleep(0.2)
+    await proxy.cut()

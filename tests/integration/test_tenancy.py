@@ -331,3 +331,30 @@ async def test_a_role_name_taken_on_the_server_is_409_and_leaves_nothing(
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP ROLE "{location.role}"'))
+
+
+async def test_registry_waiters_survive_the_cancellation_of_the_request_loading_for_them(
+    settings: Settings, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    registry = service.TenantRegistry(engine, settings)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    original = registry._load
+
+    async def slow_load(slug: str) -> service.Tenant | None:
+        started.set()
+        await release.wait()
+        return await original(slug)
+
+    registry._load = slow_load  # type: ignore[method-assign]
+    leader = asyncio.create_task(registry.get(tenant.slug))
+    await started.wait()
+    waiters = [asyncio.create_task(registry.get(tenant.slug)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*waiters)
+    assert [r.slug if r else None for r in results] == [tenant.slug] * 3
+    with pytest.raises(asyncio.CancelledError):
+        await leader

@@ -28,17 +28,23 @@ class TenantReader:
     cache: TenantCache
     engine: AsyncEngine
     tenant: Tenant
+    timeout: float
 
     async def read(self, key: CacheKey, load: Load) -> CachedResponse:
         async def load_in_tenant_transaction() -> CachedResponse:
-            async with tenant_transaction(self.engine, self.tenant.location) as conn:
+            async with tenant_transaction(
+                self.engine, self.tenant.location, timeout=self.timeout
+            ) as conn:
                 return await load(conn)
 
         return await self.cache.get_or_load(self.tenant.slug, key, load_in_tenant_transaction)
 
 
 async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
-    return TenantReader(request.app.state.cache, request.app.state.engine, tenant)
+    state = request.app.state
+    return TenantReader(
+        state.cache, state.engine, tenant, state.settings.db_request_timeout_seconds
+    )
 
 
 CachedReads = Annotated[TenantReader, Depends(get_tenant_reader)]

@@ -33,7 +33,10 @@ async def get_tenant_connection(
     response: invalidating earlier would let a concurrent reader load the old row and cache
     it again under the new version. A rolled-back request invalidates nothing.
     """
-    async with tenant_transaction(request.app.state.engine, tenant.location) as conn:
+    settings = request.app.state.settings
+    async with tenant_transaction(
+        request.app.state.engine, tenant.location, timeout=settings.db_request_timeout_seconds
+    ) as conn:
         yield conn
     await invalidation.apply(request.app.state.cache, tenant.slug)
 
