@@ -200,7 +200,9 @@ class TokenVerifier:
             exp={"essential": True},
             sub={"essential": True},
         )
-        self._cache: OrderedDict[str, Claims] = OrderedDict()
+        # token -> (claims, kid, key): a remembered token stays valid only while the key that
+        # verified it is still the one the issuer publishes under its kid.
+        self._cache: OrderedDict[str, tuple[Claims, str | None, Key]] = OrderedDict()
 
     async def verify(self, token: str) -> Claims:
         """The claims of `token`, or InvalidToken / AuthUnavailable."""
@@ -212,9 +214,10 @@ class TokenVerifier:
         if not token.isascii():
             raise InvalidToken("The bearer token is malformed.")
         header = _check_header(_read_header(token), self._algorithms)
-        key = await self._key_for(header.get("kid"))
+        kid = header.get("kid")
+        key = await self._key_for(kid)
         claims = self._decode(token, key)
-        self._cache_put(token, claims)
+        self._cache_put(token, (claims, kid, key))
         return claims
 
     async def aclose(self) -> None:
@@ -264,17 +267,19 @@ class TokenVerifier:
         )
 
     def _cache_get(self, token: str) -> Claims | None:
-        claims = self._cache.get(token)
-        if claims is None:
+        entry = self._cache.get(token)
+        if entry is None:
             return None
-        if time.time() >= claims.expires_at + self._settings.auth_leeway_seconds:
+        claims, kid, key = entry
+        expired = time.time() >= claims.expires_at + self._settings.auth_leeway_seconds
+        if expired or self._jwks.get(kid) is not key:  # expired, or its key was withdrawn
             del self._cache[token]
             return None
         self._cache.move_to_end(token)
         return claims
 
-    def _cache_put(self, token: str, claims: Claims) -> None:
-        self._cache[token] = claims
+    def _cache_put(self, token: str, entry: tuple[Claims, str | None, Key]) -> None:
+        self._cache[token] = entry
         if len(self._cache) > TOKEN_CACHE_SIZE:
             self._cache.popitem(last=False)
 

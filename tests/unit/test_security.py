@@ -143,6 +143,24 @@ async def test_rotated_key_is_accepted_after_one_refetch(start_issuer: StartIssu
         await verifier.aclose()
 
 
+async def test_a_remembered_token_stops_working_once_its_key_is_withdrawn(
+    start_issuer: StartIssuer,
+) -> None:
+    issuer = start_issuer()
+    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
+    try:
+        old = issuer.dev.mint("old")
+        assert (await verifier.verify(old)).subject == "old"
+        await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
+        new_kid = issuer.dev.rotate("RS256")
+        issuer.dev._keys = [k for k in issuer.dev._keys if k.kid == new_kid]  # withdraw the rest
+        assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
+        with pytest.raises(InvalidToken):
+            await verifier.verify(old)
+    finally:
+        await verifier.aclose()
+
+
 async def test_jwks_url_setting_skips_discovery(start_issuer: StartIssuer) -> None:
     issuer = start_issuer()
     settings = verifier_settings(issuer.url, auth_jwks_url=f"{issuer.url}/jwks.json")
