@@ -22,6 +22,7 @@ from app.db.repositories import idempotency as repo
 from app.db.repositories.idempotency import IdempotencyRecord
 from app.db.session import Executor
 
+PURGE_PER_NEW_KEY = 10
 KEEP_FOR = timedelta(hours=24)
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 # Only these headers describe the created resource; the rest belong to the request that sent them.
@@ -105,4 +106,6 @@ async def run_once(
         ),
         keep_for=KEEP_FOR,
     )
+    # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
+    await repo.purge_expired(conn, limit=PURGE_PER_NEW_KEY)
     return response, False

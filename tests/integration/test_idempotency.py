@@ -164,3 +164,23 @@ async def test_task_creation_is_idempotent_and_a_failed_attempt_does_not_burn_th
     assert again.json() == first.json()
     assert again.headers["location"] == f"/v1/tasks/{first.json()['id']}"
     assert await count_rows(engine, tenant, "tasks") == 1
+
+
+async def test_each_new_key_clears_expired_records_so_the_table_stays_small(
+    client: httpx.AsyncClient, headers: Headers, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    table = f"{quote_ident(tenant.schema)}.idempotency_keys"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"INSERT INTO {table} (key, request_hash, state, response_status, expires_at) "
+                "SELECT 'old-' || i, 'h', 'done', 201, now() - interval '1 hour' "
+                "FROM generate_series(1, 15) AS i"
+            )
+        )
+    live = {**headers, "Idempotency-Key": "fresh-key"}
+    assert (await client.post("/v1/projects", json={"name": "n"}, headers=live)).status_code == 201
+    async with engine.connect() as conn:
+        expired = await conn.scalar(text(f"SELECT count(*) FROM {table} WHERE expires_at < now()"))
+        kept = await conn.scalar(text(f"SELECT count(*) FROM {table} WHERE key = 'fresh-key'"))
+    assert (expired, kept) == (5, 1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from app.db.models.tenant import idempotency_keys
@@ -78,3 +78,15 @@ async def save_done(conn: Executor, record: IdempotencyRecord, *, keep_for: time
         set_={name: statement.excluded[name] for name in values if name != "key"},
     )
     await conn.execute(statement)
+
+
+async def purge_expired(conn: Executor, *, limit: int) -> None:
+    """Delete up to `limit` expired records (rows other transactions hold are skipped), so
+    the table stays as small as the keys of the last 24 hours without a separate job."""
+    expired = (
+        select(idempotency_keys.c.key)
+        .where(idempotency_keys.c.expires_at < func.now())
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    await conn.execute(delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired)))
