@@ -232,17 +232,6 @@ async def migrate_tenants(
     return report
 
 
-async def tenants_behind(engine: AsyncEngine, script_dir: Path = TENANT_DIR) -> int:
-    head = load_script(script_dir).get_current_head()
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            select(func.count()).where(
-                tenants.c.status != "provisioning", tenants.c.schema_version.is_distinct_from(head)
-            )
-        )
-    return int(count or 0)
-
-
 def _one_line(exc: BaseException) -> str:
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return f"{type(exc).__name__}: {message[0] if message else ''}"[:300]

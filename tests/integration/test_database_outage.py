@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
+
+import pytest
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
@@ -60,16 +63,31 @@ class Proxy:
         self.links.difference_update({writer, up_writer})
 
 
-async def test_api_answers_503_when_postgres_goes_away_and_recovers_by_itself(
-    settings: Settings, database_name: str, tenant: TenantRecord, headers: Headers
-) -> None:
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
     server = urlsplit(SERVER_URL)
-    proxy = Proxy(server.hostname or "127.0.0.1", server.port or 5432)
-    await proxy.start()
-    through_proxy = with_database(
-        f"postgresql://{server.username or 'postgres'}@127.0.0.1:{proxy.port}/x", database_name
-    )
-    app_settings = settings.model_copy(update={"database_url": through_proxy})
+    running = Proxy(server.hostname or "127.0.0.1", server.port or 5432)
+    await running.start()
+    yield running
+    if running.server is not None and running.server.is_serving():
+        await running.cut()
+
+
+def through(proxy: Proxy, settings: Settings, database_name: str, **changes: object) -> Settings:
+    """The session's settings, with PostgreSQL reached through `proxy`."""
+    user = urlsplit(SERVER_URL).username or "postgres"
+    url = with_database(f"postgresql://{user}@127.0.0.1:{proxy.port}/x", database_name)
+    return settings.model_copy(update={"database_url": url, **changes})
+
+
+async def test_api_answers_503_when_postgres_goes_away_and_recovers_by_itself(
+    settings: Settings,
+    database_name: str,
+    tenant: TenantRecord,
+    headers: Headers,
+    proxy: Proxy,
+) -> None:
+    app_settings = through(proxy, settings, database_name)
     async with running_app(app_settings) as (_, client):
         created = await client.post("/v1/projects", json={"name": "before"}, headers=headers)
         assert created.status_code == 201
@@ -107,7 +125,6 @@ async def test_api_answers_503_when_postgres_goes_away_and_recovers_by_itself(
         again = await client.post("/v1/projects", json={"name": "after"}, headers=headers)
         assert again.status_code == 201
         assert (await client.get("/readyz")).status_code == 200
-    await proxy.cut()
 
 
 async def test_unreachable_database_from_the_start_is_503_not_500(
@@ -124,17 +141,13 @@ async def test_unreachable_database_from_the_start_is_503_not_500(
 
 
 async def test_a_database_that_stops_answering_costs_a_503_within_5_s_not_a_hang(
-    settings: Settings, database_name: str, tenant: TenantRecord, headers: Headers
+    settings: Settings,
+    database_name: str,
+    tenant: TenantRecord,
+    headers: Headers,
+    proxy: Proxy,
 ) -> None:
-    server = urlsplit(SERVER_URL)
-    proxy = Proxy(server.hostname or "127.0.0.1", server.port or 5432)
-    await proxy.start()
-    through_proxy = with_database(
-        f"postgresql://{server.username or 'postgres'}@127.0.0.1:{proxy.port}/x", database_name
-    )
-    app_settings = settings.model_copy(
-        update={"database_url": through_proxy, "db_request_timeout_seconds": 1.5}
-    )
+    app_settings = through(proxy, settings, database_name, db_request_timeout_seconds=1.5)
     async with running_app(app_settings) as (_, client):
         assert (await client.post("/v1/projects", json={"name": "a"}, headers=headers)).is_success
         proxy.frozen = True
@@ -151,4 +164,3 @@ async def test_a_database_that_stops_answering_costs_a_503_within_5_s_not_a_hang
         ).status_code != 201:
             assert time.monotonic() < deadline, "no recovery within 10 s"
             await asyncio.sleep(0.2)
-    await proxy.cut()

@@ -93,8 +93,3 @@ async def update_tenant_any_status(conn: AsyncConnection, slug: str, **values: A
 
 async def delete_tenant(conn: AsyncConnection, slug: str) -> None:
     await conn.execute(delete(tenants).where(tenants.c.slug == slug))
-
-
-async def count_by_status(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(select(tenants.c.status, func.count()).group_by(tenants.c.status))
-    return {status: int(count) for status, count in rows.all()}
