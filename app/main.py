@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from app.api.dependencies.rate_limit import rate_limit_dependency
 from app.api.dependencies.tenant import get_current_tenant
 from app.api.endpoints import audit, platform, projects, tasks, tenant_self, tenants
+from app.api.fastpath import CachedReadFastPath
 from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
@@ -64,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform.router)
     app.include_router(tenants.router)
     app.include_router(tenant_api_router())
+    # Inside the request middleware: what the fast path answers still gets its request id,
+    # access log line and metrics.
+    app.add_middleware(CachedReadFastPath)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
     metrics.configure(settings.metrics_max_tenants)

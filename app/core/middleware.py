@@ -127,7 +127,8 @@ def _pending_headers(scope: Scope) -> Mapping[str, str]:
     return pending if isinstance(pending, dict) else {}
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def header_value(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (`name` in lower case), as sent."""
     for key, value in scope["headers"]:
         if key == name:
             return value  # type: ignore[no-any-return]
@@ -135,7 +136,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
-    raw = _header(scope, b"x-request-id")
+    raw = header_value(scope, b"x-request-id")
     if raw is None:
         return None
     try:
@@ -146,7 +147,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
 
 
 def _content_length(scope: Scope) -> int | None:
-    raw = _header(scope, b"content-length")
+    raw = header_value(scope, b"content-length")
     if raw is None:
         return None
     try:
@@ -155,4 +156,9 @@ def _content_length(scope: Scope) -> int | None:
         return None
 
 
-__all__: list[Any] = ["RequestContextMiddleware", "PayloadTooLarge", "add_response_headers"]
+__all__: list[Any] = [
+    "RequestContextMiddleware",
+    "PayloadTooLarge",
+    "add_response_headers",
+    "header_value",
+]

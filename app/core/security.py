@@ -220,6 +220,13 @@ class TokenVerifier:
         self._cache_put(token, (claims, kid, key))
         return claims
 
+    def remembered(self, token: str) -> Claims | None:
+        """The claims of a token verified before, still unexpired and still signed by a key
+        the issuer publishes; None for any other token (verify() tells why)."""
+        if len(token) > MAX_TOKEN_BYTES:
+            return None
+        return self._cache_get(token)
+
     async def aclose(self) -> None:
         if self._owns_client:
             await self._http.aclose()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog
+from app.services.rate_limiter import COUNT_REQUEST_LUA, Count
 
 logger = logging.getLogger("tessera.cache")
 
@@ -42,14 +43,37 @@ _NAME = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
 # page, the resource's otherwise), build the entry key, read the entry. The key and what was
 # seen come back so that a miss is stored only under those (see _STORE_LUA). Entry keys are
 # built inside the script, which Redis Cluster accepts because they share the tenant's hash
-# tag (slot).
-# KEYS: generation, version. ARGV: prefix, "<collection>" or "<collection>:<id>", tail.
-_LOOKUP_LUA = """
-local generation = redis.call('GET', KEYS[1]) or '0'
-local version = redis.call('GET', KEYS[2]) or '0'
-local key = ARGV[1] .. generation .. ':' .. ARGV[2] .. '@' .. version .. ARGV[3]
-return {key, redis.call('GET', key), generation, version}
+# tag (slot). A Lua function, so that one script can also count the request (_COUNTED_LUA).
+_LOOKUP_FUNCTION_LUA = """
+local function lookup(generation_key, version_key, prefix, what, tail)
+  local generation = redis.call('GET', generation_key) or '0'
+  local version = redis.call('GET', version_key) or '0'
+  local key = prefix .. generation .. ':' .. what .. '@' .. version .. tail
+  return {key, redis.call('GET', key), generation, version}
+end
 """
+# KEYS: generation, version. ARGV: prefix, "<collection>" or "<collection>:<id>", tail.
+_LOOKUP_LUA = _LOOKUP_FUNCTION_LUA + "return lookup(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n"
+
+# A cached read's only round trip when its entry is there: count the request against the
+# tenant's rate limit, and look the entry up unless the request was refused. The rate-limit
+# keys carry the same hash tag, so this works on Redis Cluster too.
+# KEYS: the n window counters, generation, version.
+# ARGV: n, the n amounts, the n window lengths in ms, then the lookup's three arguments.
+_COUNTED_LUA = (
+    COUNT_REQUEST_LUA
+    + _LOOKUP_FUNCTION_LUA
+    + """
+local n = tonumber(ARGV[1])
+local keys, args = {}, {}
+for i = 1, n do keys[i] = KEYS[i] end
+for i = 1, 2 * n do args[i] = ARGV[1 + i] end
+local counted = count_request(keys, args)
+if counted[1] == 1 then return {counted} end
+local a = 2 * n + 1
+return {counted, lookup(KEYS[n + 1], KEYS[n + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])}
+"""
+)
 
 # Store a loaded response only if nothing was invalidated since its lookup.
 # KEYS: generation, version, entry. ARGV: generation seen, version seen, value, TTL in ms.
@@ -150,6 +174,19 @@ def version_key(tenant_slug: str, versioned: str) -> str:
     return f"{tenant_prefix(tenant_slug)}ver:{versioned}"
 
 
+def _lookup_inputs(tenant_slug: str, key: CacheKey) -> tuple[str, str, list[str]]:
+    """The generation and version keys of a lookup, and its three arguments."""
+    if key.is_page:
+        what, tail = key.collection, f":{key.query}"
+    else:
+        what, tail = f"{key.collection}:{key.resource_id}", ""
+    return (
+        generation_key(tenant_slug),
+        version_key(tenant_slug, key.versioned),
+        [tenant_prefix(tenant_slug), what, tail],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Lookup:
     """Where a miss goes, and the generation and version its store must still find."""
@@ -159,6 +196,27 @@ class _Lookup:
     version_key: str
     generation: bytes
     version: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """A cached read counted and looked up in one round trip before routing
+    (app/api/fastpath.py); the rate-limit dependency and get_or_load carry on from it."""
+
+    count: Count
+    key: CacheKey
+    counted: list[Any] | None = None  # count_request's reply; None when Redis failed
+    lookup: _Lookup | None = None  # None when the request was refused or Redis failed
+    entry: bytes | None = None  # the cached response, when there is one
+    error: BaseException | None = None  # why Redis did not answer
+
+    @property
+    def tenant_slug(self) -> str:
+        return self.count.tenant_slug
+
+    @property
+    def allowed(self) -> bool:
+        return self.lookup is not None
 
 
 class TenantCache:
@@ -183,6 +241,7 @@ class TenantCache:
         self._lookup = redis.register_script(_LOOKUP_LUA)
         self._store_if_current = redis.register_script(_STORE_LUA)
         self._invalidate = redis.register_script(_INVALIDATE_LUA)
+        self._counted = redis.register_script(_COUNTED_LUA)
         # In-process single flight: concurrent misses on one entry share one load. Across
         # replicas an entry may be computed more than once, which is harmless.
         self._flights: dict[str, asyncio.Future[CachedResponse]] = {}
@@ -196,24 +255,46 @@ class TenantCache:
     def enabled(self) -> bool:
         return self.ttl_ms > 0
 
+    def ready(self, tenant_slug: str) -> bool:
+        """Whether the tenant's entries can be looked up as they are (no flush owed first)."""
+        return self.ttl_ms > 0 and tenant_slug not in self._unflushed
+
+    async def count_and_lookup(self, count: Count, key: CacheKey) -> Prefetched:
+        """Count the request (`count`, from the rate limiter) and look `key` up, in one
+        round trip. Never raises for Redis trouble: the error is kept in the result, for
+        the rate limiter and get_or_load to handle as if they had met it themselves."""
+        gen_key, ver_key, lookup_args = _lookup_inputs(count.tenant_slug, key)
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                reply = await self._counted(
+                    keys=[*count.keys, gen_key, ver_key],
+                    args=[len(count.keys), *count.args, *lookup_args],
+                )
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            return Prefetched(count, key, error=exc)
+        if len(reply) == 1:  # refused: nothing was looked up
+            return Prefetched(count, key, counted=reply[0])
+        entry_key, raw, generation, version = reply[1]
+        lookup = _Lookup(entry_key.decode(), gen_key, ver_key, generation, version)
+        return Prefetched(count, key, counted=reply[0], lookup=lookup, entry=raw)
+
     async def get_or_load(
         self,
         tenant_slug: str,
         key: CacheKey,
         load: Callable[[], Awaitable[CachedResponse]],
+        prefetched: Prefetched | None = None,
     ) -> CachedResponse:
         """The cached response, else `load()`'s (stored when it is a 200).
 
         Redis trouble never fails the request: the cache is bypassed, `load()` answers.
-        With CACHE_TTL_SECONDS=0 Redis is not asked at all.
+        With CACHE_TTL_SECONDS=0 Redis is not asked at all. `prefetched`, when it is this
+        tenant's and this key's, stands in for the lookup (and for its failure).
         """
         if not self.enabled:
             return await load()
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                if tenant_slug in self._unflushed:
-                    await self._flush(tenant_slug)
-                lookup, raw = await self._run_lookup(tenant_slug, key)
+            lookup, raw = await self._looked_up(tenant_slug, key, prefetched)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
             self.on_result("error")
@@ -271,15 +352,28 @@ class TenantCache:
         self._unflushed.discard(tenant_slug)
         return generation
 
+    async def _looked_up(
+        self, tenant_slug: str, key: CacheKey, prefetched: Prefetched | None
+    ) -> tuple[_Lookup, bytes | None]:
+        if (
+            prefetched is not None
+            and prefetched.tenant_slug == tenant_slug
+            and prefetched.key == key
+            and tenant_slug not in self._unflushed
+        ):
+            if prefetched.error is not None:
+                raise prefetched.error
+            if prefetched.lookup is not None:
+                return prefetched.lookup, prefetched.entry
+        async with asyncio.timeout(self.timeout_seconds):
+            if tenant_slug in self._unflushed:
+                await self._flush(tenant_slug)
+            return await self._run_lookup(tenant_slug, key)
+
     async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[_Lookup, bytes | None]:
-        gen_key = generation_key(tenant_slug)
-        ver_key = version_key(tenant_slug, key.versioned)
-        if key.is_page:
-            what, tail = key.collection, f":{key.query}"
-        else:
-            what, tail = f"{key.collection}:{key.resource_id}", ""
+        gen_key, ver_key, lookup_args = _lookup_inputs(tenant_slug, key)
         entry_key, raw, generation, version = await self._lookup(
-            keys=[gen_key, ver_key], args=[tenant_prefix(tenant_slug), what, tail]
+            keys=[gen_key, ver_key], args=lookup_args
         )
         return _Lookup(entry_key.decode(), gen_key, ver_key, generation, version), raw
 

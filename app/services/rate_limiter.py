@@ -34,36 +34,42 @@ HEADER_RETRY_AFTER = "Retry-After"
 # semantics), every window of the tenant checked and counted atomically. A rejected request
 # counts against nothing, so a tenant hammering a short window does not burn its long one.
 # Returns {blocked, count_1, pttl_1, count_2, pttl_2, ...}: the window arithmetic needs
-# nothing more, so there is no second "stats" call.
-_FIXED_WINDOWS_LUA = """
-local n = #KEYS
-local counts = {}
-local blocked = 0
-for i = 1, n do
-  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
-  counts[i] = count
-  if count + 1 > tonumber(ARGV[i]) then blocked = 1 end
-end
-local out = {blocked}
-for i = 1, n do
-  local count = counts[i]
-  local window = tonumber(ARGV[n + i])
-  if blocked == 0 then
-    count = redis.call('INCR', KEYS[i])
-    if count == 1 then redis.call('PEXPIRE', KEYS[i], window) end
+# nothing more, so there is no second "stats" call. A Lua function, so that the cached read
+# (app/services/cache.py) can count the request and look up its entry in one script.
+# keys: the window counters; args: their amounts, then their lengths in ms.
+COUNT_REQUEST_LUA = """
+local function count_request(keys, args)
+  local n = #keys
+  local counts = {}
+  local blocked = 0
+  for i = 1, n do
+    local count = tonumber(redis.call('GET', keys[i]) or '0')
+    counts[i] = count
+    if count + 1 > tonumber(args[i]) then blocked = 1 end
   end
-  local ttl = redis.call('PTTL', KEYS[i])
-  if ttl == -1 then
-    redis.call('PEXPIRE', KEYS[i], window)
-    ttl = window
-  elseif ttl == -2 then
-    ttl = window
+  local out = {blocked}
+  for i = 1, n do
+    local count = counts[i]
+    local window = tonumber(args[n + i])
+    if blocked == 0 then
+      count = redis.call('INCR', keys[i])
+      if count == 1 then redis.call('PEXPIRE', keys[i], window) end
+    end
+    local ttl = redis.call('PTTL', keys[i])
+    if ttl == -1 then
+      redis.call('PEXPIRE', keys[i], window)
+      ttl = window
+    elseif ttl == -2 then
+      ttl = window
+    end
+    out[#out + 1] = count
+    out[#out + 1] = ttl
   end
-  out[#out + 1] = count
-  out[#out + 1] = ttl
+  return out
 end
-return out
 """
+
+_FIXED_WINDOWS_LUA = COUNT_REQUEST_LUA + "return count_request(KEYS, ARGV)\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,16 @@ def window_key(tenant_slug: str, window: Window) -> str:
     return f"tessera:{{{tenant_slug}}}:rl:{window.seconds}s"
 
 
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One request to count: the tenant's windows, and the keys and args of count_request."""
+
+    tenant_slug: str
+    windows: tuple[Window, ...]
+    keys: list[str]
+    args: list[int]
+
+
 def _noop_rejection(tenant_slug: str) -> None:
     return None
 
@@ -178,6 +194,16 @@ class TenantRateLimiter:
                 logger.warning("tenant rate limit %r is not valid; using the default", limit)
         return parse_windows(self.default_limit)
 
+    def count_for(self, tenant_slug: str, limit: str | None) -> Count:
+        """What counting one request of the tenant against `limit` (else the default) takes."""
+        windows = self.windows_for(limit)
+        return Count(
+            tenant_slug=tenant_slug,
+            windows=windows,
+            keys=[window_key(tenant_slug, window) for window in windows],
+            args=[w.amount for w in windows] + [w.seconds * 1000 for w in windows],
+        )
+
     async def check(self, tenant_slug: str, limit: str | None) -> RateLimitState | None:
         """Count one request of the tenant against `limit` (else the default).
 
@@ -185,22 +211,31 @@ class TenantRateLimiter:
         and the limiter fails open. Raises RateLimitExceeded (429) when over the limit and
         RateLimiterUnavailable (503) when Redis could not answer and fail_open is false.
         """
-        windows = self.windows_for(limit)
-        keys = [window_key(tenant_slug, window) for window in windows]
-        args = [w.amount for w in windows] + [w.seconds * 1000 for w in windows]
+        count = self.count_for(tenant_slug, limit)
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                raw = await self._script(keys=keys, args=args)
+                raw = await self._script(keys=count.keys, args=count.args)
         except REDIS_UNAVAILABLE_ERRORS as exc:
-            self.outages.report(exc)
-            if self.fail_open:
-                return None
-            raise RateLimiterUnavailable() from exc
-        state = _binding_state(windows, raw, now=time.time())
+            self.unavailable(exc)
+            return None
+        return self.settle(count, raw)
+
+    def settle(self, count: Count, raw: list[Any]) -> RateLimitState:
+        """The outcome of `count_request` (COUNT_REQUEST_LUA), wherever the script ran.
+
+        Raises RateLimitExceeded (429) when the request was refused."""
+        state = _binding_state(count.windows, raw, now=time.time())
         if not state.allowed:
-            self.on_rejection(tenant_slug)
+            self.on_rejection(count.tenant_slug)
             raise RateLimitExceeded(state)
         return state
+
+    def unavailable(self, exc: BaseException) -> None:
+        """Redis could not count a request: returns when failing open, else raises
+        RateLimiterUnavailable (503)."""
+        self.outages.report(exc)
+        if not self.fail_open:
+            raise RateLimiterUnavailable() from exc
 
 
 def _binding_state(windows: tuple[Window, ...], raw: list[Any], *, now: float) -> RateLimitState:

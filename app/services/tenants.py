@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 import uuid
@@ -63,6 +64,15 @@ class Tenant:
         )
 
 
+class Unknown(enum.Enum):
+    """What TenantRegistry.peek answers when only a load would tell."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
+
 class TenantRegistry:
     """Slug → tenant, from an in-process cache at most `ttl` seconds stale, then PostgreSQL.
 
@@ -77,6 +87,14 @@ class TenantRegistry:
         self._default_rate_limit = settings.rate_limit_default
         self._entries: dict[str, tuple[float, Tenant | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
+
+    def peek(self, slug: str) -> Tenant | None | Unknown:
+        """The tenant from the in-process cache if its entry is fresh (None: no such tenant),
+        else UNKNOWN; never waits (get() loads)."""
+        entry = self._entries.get(slug)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        return UNKNOWN
 
     async def get(self, slug: str) -> Tenant | None:
         entry = self._entries.get(slug)

@@ -8,13 +8,29 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Scope
 
 from app.api.dependencies.tenant import CurrentTenant
 from app.db.session import Executor, tenant_transaction
-from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.services.cache import CachedResponse, CacheKey, Prefetched, TenantCache
 from app.services.tenants import Tenant
 
 Load = Callable[[Executor], Awaitable[CachedResponse]]
+
+# Key in the ASGI scope's request state for the round trip the fast path (app/api/fastpath.py)
+# made before handing a read it could not answer to the routes: the rate-limit dependency and
+# the reader carry on from it instead of asking Redis again.
+PREFETCHED_STATE_KEY = "tessera_prefetched_read"
+
+
+def keep_prefetched(scope: Scope, prefetched: Prefetched) -> None:
+    scope.setdefault("state", {})[PREFETCHED_STATE_KEY] = prefetched
+
+
+def prefetched_read(request: Request) -> Prefetched | None:
+    state = request.scope.get("state")
+    prefetched = state.get(PREFETCHED_STATE_KEY) if isinstance(state, dict) else None
+    return prefetched if isinstance(prefetched, Prefetched) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +45,7 @@ class TenantReader:
     engine: AsyncEngine
     tenant: Tenant
     timeout: float
+    prefetched: Prefetched | None = None
 
     async def read(self, key: CacheKey, load: Load) -> CachedResponse:
         async def load_in_tenant_transaction() -> CachedResponse:
@@ -37,13 +54,19 @@ class TenantReader:
             ) as conn:
                 return await load(conn)
 
-        return await self.cache.get_or_load(self.tenant.slug, key, load_in_tenant_transaction)
+        return await self.cache.get_or_load(
+            self.tenant.slug, key, load_in_tenant_transaction, self.prefetched
+        )
 
 
 async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
     state = request.app.state
     return TenantReader(
-        state.cache, state.engine, tenant, state.settings.db_request_timeout_seconds
+        state.cache,
+        state.engine,
+        tenant,
+        state.settings.db_request_timeout_seconds,
+        prefetched_read(request),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from app.api.dependencies.cache import prefetched_read
 from app.core.middleware import add_response_headers
 from app.services.rate_limiter import RateLimitState, TenantRateLimiter
 
@@ -31,7 +32,16 @@ async def enforce_rate_limit(request: Request, tenant: RateLimitedTenant) -> Rat
     None when Redis is down and the limiter fails open (no headers then: nothing true to say).
     """
     limiter: TenantRateLimiter = request.app.state.rate_limiter
-    state = await limiter.check(tenant.slug, tenant.rate_limit)
+    prefetched = prefetched_read(request)
+    state: RateLimitState | None
+    if prefetched is None or prefetched.tenant_slug != tenant.slug:
+        state = await limiter.check(tenant.slug, tenant.rate_limit)
+    elif prefetched.counted is None:  # the fast path's round trip failed
+        assert prefetched.error is not None
+        limiter.unavailable(prefetched.error)
+        state = None
+    else:  # already counted by the fast path (app/api/fastpath.py)
+        state = limiter.settle(prefetched.count, prefetched.counted)
     if state is not None:
         add_response_headers(request, state.headers())
     return state
