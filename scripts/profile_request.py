@@ -47,6 +47,7 @@ from app.services.tenants import create_tenant  # noqa: E402
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")
 N = 2000
+PROFILE_OUT: Any = None  # --cprofile: a stream for the cache hit's function profile
 
 # Issue 8's per-request CPU budget.
 BUDGET = {
@@ -197,6 +198,17 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
             await cpu_per_call(lambda: verifier.verify(token), n=20000),
         )
     )
+    if PROFILE_OUT is not None:  # --cprofile: where a cache hit's time goes, function by function
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(N):
+            await call(app, read, token)
+        profiler.disable()
+        pstats.Stats(profiler, stream=PROFILE_OUT).sort_stats("tottime").print_stats(30)
+
     fresh = [dev.mint(f"u{i}", tenant=tenant.slug, scopes="api:read") for i in range(N + 200)]
     tokens = iter(fresh)
     rows.append(
@@ -268,7 +280,13 @@ def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "profile.md")
+    parser.add_argument(
+        "--cprofile", action="store_true", help="also print a cache hit's function profile"
+    )
     args = parser.parse_args()
+    if args.cprofile:
+        global PROFILE_OUT
+        PROFILE_OUT = sys.stderr
     database = f"tessera_profile_{uuid.uuid4().hex[:8]}"
     prefix = f"p{uuid.uuid4().hex[:5]}_"
     server = SERVER_URL.rsplit("/", 1)[0]

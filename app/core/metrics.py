@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI
-from fastapi.routing import RouteContext, iter_route_contexts
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -30,8 +32,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
+from starlette._utils import get_route_path  # what FastAPI's own routes match against
 from starlette.requests import Request
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 logger = logging.getLogger("tessera.metrics")
 
@@ -218,31 +221,66 @@ def _record_http(info: Info) -> None:
     HTTP_DURATION.labels(info.modified_handler, info.method).observe(info.modified_duration)
 
 
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """One route as the handler label sees it: its template, its pattern and its methods.
+
+    `regex` is None for routes that are not plain HTTP routes (mounts), which are asked to
+    match themselves."""
+
+    path_format: str
+    regex: re.Pattern[str] | None
+    methods: frozenset[str] | None
+    context: RouteContext
+
+
+def _template(context: RouteContext) -> _Template:
+    plain = isinstance(context.original_route, APIRoute | Route)
+    regex = getattr(context, "path_regex", None) if plain else None
+    methods = context.methods
+    return _Template(
+        str(context.path_format),
+        regex,
+        frozenset(methods) if methods else None,
+        context,
+    )
+
+
 class RouteTemplateMiddleware(PrometheusInstrumentatorMiddleware):
     """The instrumentator's middleware, with handler labels resolved on FastAPI's routes.
 
     The stock resolver reads `route.path` on each top-level route, which FastAPI's included
     routers no longer have (AttributeError on every request). `iter_route_contexts` is
-    FastAPI's own flattening of included routers, with the full template as `path_format`.
+    FastAPI's own flattening of included routers, with the full template as `path_format`;
+    plain routes are matched on their compiled pattern directly, which costs a regex match
+    each instead of a full route match (a child scope, converted parameters) each.
     """
 
-    _routes: list[RouteContext]
+    _routes: list[_Template]
     _routes_key: int = -1
 
     def _get_handler(self, request: Request) -> tuple[str, bool]:
         app_routes = request.app.routes
         # Routes are fixed once the app serves; rebuild only if the top level changed.
         if len(app_routes) != self._routes_key:
-            self._routes = list(iter_route_contexts(app_routes))
+            self._routes = [_template(ctx) for ctx in iter_route_contexts(app_routes)]
             self._routes_key = len(app_routes)
         scope = request.scope
+        path = get_route_path(scope)
+        method = scope["method"]
         partial: str | None = None
         for route in self._routes:
-            match, _ = route.matches(scope)
+            if route.regex is None:
+                match, _ = route.context.matches(scope)
+            elif route.regex.match(path) is None:
+                continue
+            else:
+                full = route.methods is None or method in route.methods
+                match = Match.FULL if full else Match.PARTIAL
             if match is Match.FULL:
-                return str(route.path_format), True
+                return route.path_format, True
             if match is Match.PARTIAL and partial is None:  # method not allowed: same route
-                partial = str(route.path_format)
+                partial = route.path_format
         if partial is not None:
             return partial, True
         return request.url.path, False
