@@ -1,18 +1,21 @@
-"""Cached tenant reads answered before routing: one Redis round trip, no FastAPI dependencies.
+"""Cached tenant reads served before routing: one Redis round trip, no FastAPI dependencies.
 
-A GET of a route in `FAST_READS` (app/api/endpoints/_cache_keys.py), from a token this
+A GET of a route in `FAST_READS` (app/api/endpoints/fast_reads.py), from a token this
 process has verified before, of a tenant the registry knows to be active right now, is
 counted against the tenant's rate limit and looked up in the cache in one Lua call
-(TenantCache.count_and_lookup). When the entry is there the answer goes out from here, the
-same bytes and headers the route would send (tests/integration/test_fastpath.py holds both
-side by side). Everything else goes on to the routes unchanged, which decide every error:
-an unknown token, a suspended tenant, a missing scope, a refused request, a Redis outage,
-a miss. What the round trip found goes with the request (PREFETCHED_STATE_KEY), so a miss
-or a refusal is counted once and Redis is not asked twice.
+(TenantCache.count_and_lookup), then answered here: from the cache on a hit, else by the
+route's own loader in the tenant's pinned transaction (TenantReader, as the route does).
+The answer is the route's own, byte for byte and header for header
+(tests/integration/test_fastpath.py holds both side by side); errors the loader raises
+(404) are answered as the exception handlers would.
 
-Why: FastAPI's dependency resolution, the second Redis round trip and the Response object
-cost more than the whole bare read they are measured against
-(docs/decisions/0011-cached-reads-before-routing.md).
+Everything else goes on to the routes unchanged, and they decide it: an unknown token, a
+suspended tenant, a missing scope, a refused request (429), a Redis outage. What the round
+trip found goes with the request (PREFETCHED_STATE_KEY), so the request is counted once
+and Redis is not asked twice.
+
+Why: FastAPI's dependency resolution, validation and Response objects cost more than the
+whole bare read Tessera is measured against (docs/decisions/0011-cached-reads-before-routing.md).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.dependencies.auth import bearer_token
-from app.api.dependencies.cache import keep_prefetched
+from app.api.dependencies.cache import CachedRead, keep_prefetched, tenant_reader
 from app.api.dependencies.tenant import READ_SCOPES
-from app.api.endpoints._cache_keys import FAST_READS, FastReadKey
-from app.api.preconditions import none_match
+from app.api.endpoints._resources import from_cached
+from app.api.endpoints.fast_reads import FAST_READS, FastRead
 from app.core.context import tenant_var
-from app.core.middleware import header_value
+from app.core.errors import TesseraError, error_response
+from app.core.middleware import add_response_headers, header_value
 from app.core.security import TokenVerifier
-from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.services.cache import CachedResponse, TenantCache
 from app.services.rate_limiter import TenantRateLimiter
 from app.services.tenants import Tenant, TenantRegistry
 
@@ -40,13 +44,14 @@ from app.services.tenants import Tenant, TenantRegistry
 @dataclass(frozen=True, slots=True)
 class _FastRoute:
     pattern: re.Pattern[str]
-    key_for: FastReadKey
+    read_for: FastRead
     route: object  # the app's own route, for the access log's route template
 
 
 class CachedReadFastPath:
-    """Pure ASGI middleware, inside the request middleware (so the request id, the access
-    log and the metrics cover what it answers) and outside FastAPI's routing."""
+    """Pure ASGI middleware, inside the request middleware (so the request id, the pending
+    response headers, the access log and the metrics cover what it answers) and outside
+    FastAPI's routing."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,15 +68,12 @@ class CachedReadFastPath:
         await self.app(scope, receive, send)
 
     async def _answer(self, scope: Scope, send: Send) -> bool:
-        """Send the cached answer and return True, or return False to let the routes answer."""
-        state = scope["app"].state
-        cache: TenantCache = state.cache
-        if not cache.enabled:
-            return False
+        """Answer the request and return True, or return False to let the routes answer."""
         found = self._match(scope)
         if found is None:
             return False
-        route, key = found
+        route, read = found
+        state = scope["app"].state
         token = bearer_token(_header(scope, b"authorization") or "")
         verifier: TokenVerifier = state.token_verifier
         claims = None if token is None else verifier.remembered(token)
@@ -81,38 +83,35 @@ class CachedReadFastPath:
         tenant = registry.peek(claims.tenant)
         if not isinstance(tenant, Tenant) or tenant.status != "active":
             return False
-        if not cache.ready(tenant.slug):
-            return False
 
+        cache: TenantCache = state.cache
         limiter: TenantRateLimiter = state.rate_limiter
         tenant_var.set(tenant.slug)
         prefetched = await cache.count_and_lookup(
-            limiter.count_for(tenant.slug, tenant.rate_limit), key
+            limiter.count_for(tenant.slug, tenant.rate_limit),
+            read.key if cache.ready(tenant.slug) else None,
         )
-        if prefetched.entry is None or prefetched.counted is None:
-            keep_prefetched(scope, prefetched)  # a miss, a refusal or an outage: the route's
+        if not prefetched.allowed:  # refused, or Redis did not answer: the routes decide
+            keep_prefetched(scope, prefetched)
             return False
-        limits = limiter.settle(prefetched.count, prefetched.counted)  # allowed: it was looked up
-        cache.on_result("hit")
-        cached = CachedResponse.decode(prefetched.entry)
+        assert prefetched.counted is not None
+        add_response_headers(scope, limiter.settle(prefetched.count, prefetched.counted).headers())
         scope["route"] = route.route
-
-        headers = [
-            (name.lower().encode(), value.encode()) for name, value in limits.headers().items()
-        ]
-        if cached.etag is not None:
-            headers.append((b"etag", cached.etag.encode()))
-            if none_match(_header(scope, b"if-none-match"), cached.etag):
-                await send({"type": "http.response.start", "status": 304, "headers": headers})
-                await send({"type": "http.response.body", "body": b""})
+        if prefetched.entry is not None:
+            cache.on_result("hit")
+            cached = CachedResponse.decode(prefetched.entry)
+        else:
+            keep_prefetched(scope, prefetched)
+            try:
+                cached = await tenant_reader(scope, tenant).read(read)
+            except TesseraError as exc:
+                await error_response(exc)(scope, _no_body, send)
                 return True
-        headers.append((b"content-length", str(len(cached.body)).encode()))
-        headers.append((b"content-type", cached.media_type.encode()))
-        await send({"type": "http.response.start", "status": cached.status, "headers": headers})
-        await send({"type": "http.response.body", "body": cached.body})
+        response = from_cached(cached, if_none_match=_header(scope, b"if-none-match"))
+        await response(scope, _no_body, send)
         return True
 
-    def _match(self, scope: Scope) -> tuple[_FastRoute, CacheKey] | None:
+    def _match(self, scope: Scope) -> tuple[_FastRoute, CachedRead] | None:
         routes = self._routes
         if routes is None:
             routes = self._routes = _fast_routes(scope["app"].routes)
@@ -120,9 +119,13 @@ class CachedReadFastPath:
         for route in routes:
             match = route.pattern.match(path)
             if match is not None:
-                key = route.key_for(match.groupdict(), scope["query_string"])
-                return None if key is None else (route, key)
+                read = route.read_for(match.groupdict(), scope["query_string"])
+                return None if read is None else (route, read)
         return None
+
+
+async def _no_body() -> dict[str, object]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _fast_routes(app_routes: list[object]) -> list[_FastRoute]:
@@ -134,12 +137,12 @@ def _fast_routes(app_routes: list[object]) -> list[_FastRoute]:
         if "GET" in (ctx.methods or ())
     }
     routes = []
-    for template, key_for in FAST_READS.items():
+    for template, read_for in FAST_READS.items():
         route = by_template.get(template)
         if route is None:
             raise RuntimeError(f"FAST_READS names {template}, which is no GET route of the app")
         pattern, _, _ = compile_path(template)
-        routes.append(_FastRoute(pattern, key_for, route))
+        routes.append(_FastRoute(pattern, read_for, route))
     return routes
 
 

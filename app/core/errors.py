@@ -220,11 +220,16 @@ def _sanitize_loc(loc: Any) -> list[Any]:
     return [part if isinstance(part, int | str) else str(part) for part in loc]
 
 
-async def _tessera_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TesseraError)
+def error_response(exc: TesseraError) -> Response:
+    """The problem+json answer to one of our errors."""
     return problem_response(
         exc.status, exc.code, exc.detail, title=exc.title, headers=exc.headers, **exc.extra
     )
+
+
+async def _tessera_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TesseraError)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -28,9 +28,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 RESPONSE_HEADERS_STATE_KEY = "tessera_response_headers"
 
 
-def add_response_headers(request: Request, headers: Mapping[str, str]) -> None:
+def add_response_headers(request: Request | Scope, headers: Mapping[str, str]) -> None:
     """Put `headers` on this request's response, whatever ends up answering it."""
-    state = request.scope.setdefault("state", {})
+    scope = request.scope if isinstance(request, Request) else request
+    state = scope.setdefault("state", {})
     state.setdefault(RESPONSE_HEADERS_STATE_KEY, {}).update(headers)
 
 

@@ -58,7 +58,7 @@ _LOOKUP_LUA = _LOOKUP_FUNCTION_LUA + "return lookup(KEYS[1], KEYS[2], ARGV[1], A
 # A cached read's only round trip when its entry is there: count the request against the
 # tenant's rate limit, and look the entry up unless the request was refused. The rate-limit
 # keys carry the same hash tag, so this works on Redis Cluster too.
-# KEYS: the n window counters, generation, version.
+# KEYS: the n window counters, then generation and version (absent: count only).
 # ARGV: n, the n amounts, the n window lengths in ms, then the lookup's three arguments.
 _COUNTED_LUA = (
     COUNT_REQUEST_LUA
@@ -69,7 +69,7 @@ local keys, args = {}, {}
 for i = 1, n do keys[i] = KEYS[i] end
 for i = 1, 2 * n do args[i] = ARGV[1 + i] end
 local counted = count_request(keys, args)
-if counted[1] == 1 then return {counted} end
+if counted[1] == 1 or #KEYS == n then return {counted} end
 local a = 2 * n + 1
 return {counted, lookup(KEYS[n + 1], KEYS[n + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])}
 """
@@ -204,9 +204,9 @@ class Prefetched:
     (app/api/fastpath.py); the rate-limit dependency and get_or_load carry on from it."""
 
     count: Count
-    key: CacheKey
+    key: CacheKey | None  # None: counted only (cache off, or a flush owed first)
     counted: list[Any] | None = None  # count_request's reply; None when Redis failed
-    lookup: _Lookup | None = None  # None when the request was refused or Redis failed
+    lookup: _Lookup | None = None  # None when not looked up: refused, Redis failed, no key
     entry: bytes | None = None  # the cached response, when there is one
     error: BaseException | None = None  # why Redis did not answer
 
@@ -216,7 +216,8 @@ class Prefetched:
 
     @property
     def allowed(self) -> bool:
-        return self.lookup is not None
+        """Counted and not refused."""
+        return self.counted is not None and int(self.counted[0]) == 0
 
 
 class TenantCache:
@@ -259,20 +260,23 @@ class TenantCache:
         """Whether the tenant's entries can be looked up as they are (no flush owed first)."""
         return self.ttl_ms > 0 and tenant_slug not in self._unflushed
 
-    async def count_and_lookup(self, count: Count, key: CacheKey) -> Prefetched:
-        """Count the request (`count`, from the rate limiter) and look `key` up, in one
-        round trip. Never raises for Redis trouble: the error is kept in the result, for
-        the rate limiter and get_or_load to handle as if they had met it themselves."""
-        gen_key, ver_key, lookup_args = _lookup_inputs(count.tenant_slug, key)
+    async def count_and_lookup(self, count: Count, key: CacheKey | None) -> Prefetched:
+        """Count the request (`count`, from the rate limiter) and look `key` up (unless it
+        is None: see `ready`), in one round trip. Never raises for Redis trouble: the error
+        is kept in the result, for the rate limiter and get_or_load to handle as if they
+        had met it themselves."""
+        keys: list[str] = list(count.keys)
+        args: list[Any] = [len(count.keys), *count.args]
+        if key is not None:
+            gen_key, ver_key, lookup_args = _lookup_inputs(count.tenant_slug, key)
+            keys += [gen_key, ver_key]
+            args += lookup_args
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                reply = await self._counted(
-                    keys=[*count.keys, gen_key, ver_key],
-                    args=[len(count.keys), *count.args, *lookup_args],
-                )
+                reply = await self._counted(keys=keys, args=args)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             return Prefetched(count, key, error=exc)
-        if len(reply) == 1:  # refused: nothing was looked up
+        if len(reply) == 1:  # refused, or not asked to: nothing was looked up
             return Prefetched(count, key, counted=reply[0])
         entry_key, raw, generation, version = reply[1]
         lookup = _Lookup(entry_key.decode(), gen_key, ver_key, generation, version)
@@ -365,6 +369,7 @@ class TenantCache:
                 raise prefetched.error
             if prefetched.lookup is not None:
                 return prefetched.lookup, prefetched.entry
+            # counted without a lookup: look up now
         async with asyncio.timeout(self.timeout_seconds):
             if tenant_slug in self._unflushed:
                 await self._flush(tenant_slug)

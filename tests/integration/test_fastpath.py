@@ -7,6 +7,7 @@ counted against the rate limit exactly once, and never answer what the routes wo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -15,14 +16,15 @@ from fastapi import FastAPI, Request
 
 from app.api.dependencies.auth import PrincipalDep
 from app.api.dependencies.tenant import get_current_tenant
-from app.api.endpoints._cache_keys import FAST_READS
+from app.api.endpoints.fast_reads import FAST_READS
 from app.api.fastpath import _fast_routes
 from app.core import metrics
+from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from app.services.tenants import Tenant
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter
-from tests.support import assert_problem
+from tests.support import assert_problem, running_app
 
 Headers = dict[str, str]
 
@@ -108,18 +110,60 @@ async def test_if_none_match_answers_the_same_304_before_routing(
     assert stale.status_code == 200 and stale.json() == project
 
 
-async def test_a_miss_found_by_the_fast_path_is_counted_once_and_loaded_by_the_route(
+async def test_a_miss_is_loaded_before_routing_as_the_route_loads_it_and_counted_once(
     client: httpx.AsyncClient, tenant: TenantRecord, auth: Callable[..., Headers], routed: list[str]
 ) -> None:
     headers = auth(tenant)
     first, second = await post_project(client, headers), await post_project(client, headers)
     warm = await client.get(f"/v1/projects/{first['id']}", headers=headers)
+    routed.clear()
     meter = CacheMeter()
     miss = await client.get(f"/v1/projects/{second['id']}", headers=headers)
     hit = await client.get(f"/v1/projects/{second['id']}", headers=headers)
+    assert routed == []
     assert meter.delta() == {"hit": 1, "miss": 1, "error": 0}
     assert miss.json() == hit.json() == second
+    assert stable(miss) == stable(hit)
     assert [remaining(r) for r in (warm, miss, hit)] == [remaining(warm) - n for n in range(3)]
+
+
+async def test_a_missing_resource_gets_the_routes_404_before_routing(
+    client: httpx.AsyncClient, tenant: TenantRecord, auth: Callable[..., Headers], routed: list[str]
+) -> None:
+    url = f"/v1/projects/{uuid.uuid4()}"
+    reader = auth(tenant, sub="looking")
+    routed.clear()
+    by_route = await client.get(url, headers=reader)
+    before_routing = await client.get(url, headers=reader)
+    assert routed == [url]
+    assert_problem(by_route, 404, "project_not_found")
+
+    def without_request_id(response: httpx.Response) -> tuple[int, object, dict[str, str]]:
+        body = response.json()
+        body.pop("request_id")
+        return response.status_code, body, stable(response)[2]
+
+    assert without_request_id(before_routing) == without_request_id(by_route)
+
+
+async def test_with_the_cache_off_reads_are_still_served_before_routing(
+    settings: Settings, tenant: TenantRecord, auth: Callable[..., Headers]
+) -> None:
+    async with running_app(settings.model_copy(update={"cache_ttl_seconds": 0})) as (app, client):
+        headers = auth(tenant)
+        project = await post_project(client, headers)
+        calls: list[str] = []
+        original = app.state.rate_limiter.check
+
+        async def counting_check(*args: object, **kwargs: object) -> object:
+            calls.append("check")
+            return await original(*args, **kwargs)
+
+        app.state.rate_limiter.check = counting_check  # the routes' way of counting
+        answers = [await client.get(f"/v1/projects/{project['id']}", headers=headers) for _ in "ab"]
+        assert calls == []
+        assert [a.json() for a in answers] == [project, project]
+        assert remaining(answers[1]) == remaining(answers[0]) - 1
 
 
 async def test_what_the_routes_refuse_is_never_answered_before_routing(

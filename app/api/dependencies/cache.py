@@ -17,6 +17,17 @@ from app.services.tenants import Tenant
 
 Load = Callable[[Executor], Awaitable[CachedResponse]]
 
+
+@dataclass(frozen=True, slots=True)
+class CachedRead:
+    """A cached GET: the entry it reads, and how to load it on a miss (in the tenant's
+    pinned transaction). Built by the endpoint modules, for their routes and for the fast
+    path (app/api/endpoints/fast_reads.py)."""
+
+    key: CacheKey
+    load: Load
+
+
 # Key in the ASGI scope's request state for the round trip the fast path (app/api/fastpath.py)
 # made before handing a read it could not answer to the routes: the rate-limit dependency and
 # the reader carry on from it instead of asking Redis again.
@@ -28,8 +39,7 @@ def keep_prefetched(scope: Scope, prefetched: Prefetched) -> None:
 
 
 def prefetched_read(request: Request) -> Prefetched | None:
-    state = request.scope.get("state")
-    prefetched = state.get(PREFETCHED_STATE_KEY) if isinstance(state, dict) else None
+    prefetched = request.scope.get("state", {}).get(PREFETCHED_STATE_KEY)
     return prefetched if isinstance(prefetched, Prefetched) else None
 
 
@@ -47,27 +57,32 @@ class TenantReader:
     timeout: float
     prefetched: Prefetched | None = None
 
-    async def read(self, key: CacheKey, load: Load) -> CachedResponse:
+    async def read(self, read: CachedRead) -> CachedResponse:
         async def load_in_tenant_transaction() -> CachedResponse:
             async with tenant_transaction(
                 self.engine, self.tenant.location, timeout=self.timeout
             ) as conn:
-                return await load(conn)
+                return await read.load(conn)
 
         return await self.cache.get_or_load(
-            self.tenant.slug, key, load_in_tenant_transaction, self.prefetched
+            self.tenant.slug, read.key, load_in_tenant_transaction, self.prefetched
         )
 
 
-async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
-    state = request.app.state
+def tenant_reader(scope: Scope, tenant: Tenant) -> TenantReader:
+    state = scope["app"].state
+    prefetched = scope.get("state", {}).get(PREFETCHED_STATE_KEY)
     return TenantReader(
         state.cache,
         state.engine,
         tenant,
         state.settings.db_request_timeout_seconds,
-        prefetched_read(request),
+        prefetched if isinstance(prefetched, Prefetched) else None,
     )
+
+
+async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
+    return tenant_reader(request.scope, tenant)
 
 
 CachedReads = Annotated[TenantReader, Depends(get_tenant_reader)]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.dependencies.cache import CachedReads, Invalidation
+from app.api.dependencies.cache import CachedRead, CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
 from app.api.dependencies.tenant import Actor
@@ -58,12 +58,7 @@ async def create_project(
     return from_stored(stored, replayed=replayed)
 
 
-@router.get("", response_model=Page[ProjectOut], summary="List projects, newest first")
-async def list_projects(
-    reads: CachedReads,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> Response:
+def project_page_read(*, limit: int, cursor: str | None) -> CachedRead:
     async def load(conn: Executor) -> CachedResponse:
         records, next_cursor = await service.list_projects(conn, limit=limit, cursor=cursor)
         page = Page[ProjectOut](
@@ -71,7 +66,24 @@ async def list_projects(
         )
         return cacheable(page)
 
-    return from_cached(await reads.read(keys.project_page(limit=limit, cursor=cursor), load))
+    return CachedRead(keys.project_page(limit=limit, cursor=cursor), load)
+
+
+@router.get("", response_model=Page[ProjectOut], summary="List projects, newest first")
+async def list_projects(
+    reads: CachedReads,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    return from_cached(await reads.read(project_page_read(limit=limit, cursor=cursor)))
+
+
+def project_read(project_id: uuid.UUID) -> CachedRead:
+    async def load(conn: Executor) -> CachedResponse:
+        record = await service.get_project(conn, project_id)
+        return cacheable(ProjectOut.model_validate(record), etag=etag(record.id, record.version))
+
+    return CachedRead(keys.project(project_id), load)
 
 
 @router.get(
@@ -83,11 +95,7 @@ async def list_projects(
 async def get_project(
     project_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
 ) -> Response:
-    async def load(conn: Executor) -> CachedResponse:
-        record = await service.get_project(conn, project_id)
-        return cacheable(ProjectOut.model_validate(record), etag=etag(record.id, record.version))
-
-    cached = await reads.read(keys.project(project_id), load)
+    cached = await reads.read(project_read(project_id))
     return from_cached(cached, if_none_match=if_none_match)
 
 

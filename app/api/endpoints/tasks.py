@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.dependencies.cache import CachedReads, Invalidation
+from app.api.dependencies.cache import CachedRead, CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
 from app.api.dependencies.tenant import Actor
@@ -77,11 +77,26 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
+    read = task_page_read(
+        project_id, status=status_, assignee=assignee, label=label, limit=limit, cursor=cursor
+    )
+    return from_cached(await reads.read(read))
+
+
+def task_page_read(
+    project_id: uuid.UUID,
+    *,
+    status: TaskStatus | None,
+    assignee: str | None,
+    label: str | None,
+    limit: int,
+    cursor: str | None,
+) -> CachedRead:
     async def load(conn: Executor) -> CachedResponse:
         records, next_cursor = await service.list_tasks(
             conn,
             project_id,
-            filters=TaskFilter(status=status_, assignee=assignee, label=label),
+            filters=TaskFilter(status=status, assignee=assignee, label=label),
             limit=limit,
             cursor=cursor,
         )
@@ -91,9 +106,17 @@ async def list_tasks(
         return cacheable(page)
 
     key = keys.task_page(
-        project_id, status=status_, assignee=assignee, label=label, limit=limit, cursor=cursor
+        project_id, status=status, assignee=assignee, label=label, limit=limit, cursor=cursor
     )
-    return from_cached(await reads.read(key, load))
+    return CachedRead(key, load)
+
+
+def task_read(task_id: uuid.UUID) -> CachedRead:
+    async def load(conn: Executor) -> CachedResponse:
+        record = await service.get_task(conn, task_id)
+        return cacheable(TaskOut.model_validate(record), etag=etag(record.id, record.version))
+
+    return CachedRead(keys.task(task_id), load)
 
 
 @router.get(
@@ -105,11 +128,7 @@ async def list_tasks(
 async def get_task(
     task_id: uuid.UUID, reads: CachedReads, if_none_match: IfNoneMatch = None
 ) -> Response:
-    async def load(conn: Executor) -> CachedResponse:
-        record = await service.get_task(conn, task_id)
-        return cacheable(TaskOut.model_validate(record), etag=etag(record.id, record.version))
-
-    cached = await reads.read(keys.task(task_id), load)
+    cached = await reads.read(task_read(task_id))
     return from_cached(cached, if_none_match=if_none_match)
 
 
