@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.core.config import Settings  # noqa: E402
+from app.db import migrate as migrate_module  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import TENANT_DIR, load_script, migrate_shared, migrate_tenants  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
@@ -63,10 +64,11 @@ class Mode:
     scale_levels: tuple[int, ...]
     provision_n: int
     fleet_m: int
+    history_n: int
 
 
-QUICK = Mode("quick", "2s", 32, (3, 20), 10, 20)
-FULL = Mode("full", "10s", 32, (10, 1000), 200, 1000)
+QUICK = Mode("quick", "2s", 32, (3, 20), 10, 20, 3)
+FULL = Mode("full", "10s", 32, (10, 1000), 200, 1000, 50)
 
 
 @dataclass
@@ -381,6 +383,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+async def sql_value(url: str, query: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
 async def sql(url: str, statement: str) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -601,6 +611,64 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
     )
     report.target("provisioning p50 < 50 ms", f"{p50:.1f} ms", p50 < 50)
     report.target("provisioning p99 < 200 ms", f"{p99:.1f} ms", p99 < 200)
+
+    # --- (3b) provisioning as the tenant migration history grows ----------------------------
+    # In-process (create_tenant, what the admin endpoint calls), so that the longer history
+    # can be swapped in: the shipped tree, then a copy with ten more revisions.
+    async def provision_in_process(prefix: str) -> list[float]:
+        spent = []
+        for n in range(mode.history_n):
+            started = time.perf_counter()
+            await create_tenant(
+                engine,
+                settings,
+                slug=f"{prefix}-{n:04d}",
+                name=prefix,
+                plan="free",
+                rate_limit=None,
+            )
+            spent.append((time.perf_counter() - started) * 1000)
+        return spent
+
+    shipped = await provision_in_process("hist-a")
+    longer = tmp / "tenant-migrations-longer"
+    shutil.copytree(TENANT_DIR, longer, ignore=shutil.ignore_patterns("__pycache__"))
+    down = load_script(TENANT_DIR).get_current_head()
+    for n in range(10):
+        revision = f"b8{n:03d}"
+        (longer / "versions" / f"2099_01_01_{revision}_bench_comment.py").write_text(
+            COMMENT_MIGRATION.format(revision=revision, down=down, n=n)
+        )
+        down = revision
+    migrate_module.TENANT_DIR = longer
+    migrate_module.tenant_script.cache_clear()
+    try:
+        with_history = await provision_in_process("hist-b")
+        stamped = await sql_value(
+            db_url, "SELECT schema_version FROM platform.tenants WHERE slug = 'hist-b-0000'"
+        )
+    finally:
+        migrate_module.TENANT_DIR = TENANT_DIR
+        migrate_module.tenant_script.cache_clear()
+    if stamped != down:
+        raise RuntimeError(f"the longer history was not used: stamped {stamped}, head {down}")
+    a50, b50 = statistics.median(shipped), statistics.median(with_history)
+    report.add(
+        "",
+        f"Provisioning as the tenant migration history grows: {mode.history_n} tenants created "
+        "in-process (`create_tenant`, what the endpoint calls) with the shipped migrations, "
+        "then with a copy that has ten more revisions (the tenants are stamped at its head).",
+        "",
+        "| tenant migrations | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+        f"| shipped | {a50:.1f} | {percentile(shipped, 99):.1f} |",
+        f"| shipped + 10 | {b50:.1f} | {percentile(with_history, 99):.1f} |",
+    )
+    report.target(
+        "provisioning flat as history grows: p50 with 10 more migrations ≤ 1.25× (noise margin)",
+        f"{b50 / a50:.2f}×",
+        b50 / a50 <= 1.25,
+    )
 
     # --- the fleet: enough tenants for the scaling and migration scenarios -----------------
     fleet_size = max(max(mode.scale_levels), mode.fleet_m)
@@ -877,6 +945,29 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_projects_archived_at", table_name="projects")
     op.drop_column("projects", "archived_at")
+'''
+
+
+COMMENT_MIGRATION = '''"""bench: history {n}
+
+Revision ID: {revision}
+Revises: {down}
+"""
+
+from alembic import op
+
+revision = "{revision}"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("COMMENT ON TABLE projects IS 'bench revision {n}'")
+
+
+def downgrade() -> None:
+    op.execute("COMMENT ON TABLE projects IS NULL")
 '''
 
 

@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,14 @@ def load_script(directory: Path) -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", str(directory))
     return ScriptDirectory.from_config(config)
+
+
+@lru_cache(maxsize=1)
+def tenant_script() -> ScriptDirectory:
+    """The tenant migrations this process ships with (TENANT_DIR), read once: reading them
+    means importing every revision file, which provisioning must not pay per tenant as the
+    history grows. (A benchmark that swaps TENANT_DIR calls `tenant_script.cache_clear()`.)"""
+    return load_script(TENANT_DIR)
 
 
 def _upgrade_sync(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.db import tenancy
-from app.db.migrate import TENANT_DIR, load_script, stamp_tenant_schema, upgrade_tenant_schema
+from app.db.migrate import stamp_tenant_schema, tenant_script, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
@@ -147,11 +147,11 @@ ProvisioningStep = Callable[[AsyncConnection, TenantSchema], Awaitable[None]]
 
 async def _tables_from_models(conn: AsyncConnection, location: TenantSchema) -> None:
     await tenancy.create_tables(conn, location)
-    await stamp_tenant_schema(conn, location.schema, load_script(TENANT_DIR))
+    await stamp_tenant_schema(conn, location.schema, tenant_script())
 
 
 async def _tables_from_migrations(conn: AsyncConnection, location: TenantSchema) -> None:
-    await upgrade_tenant_schema(conn, location.schema, load_script(TENANT_DIR))
+    await upgrade_tenant_schema(conn, location.schema, tenant_script())
 
 
 # The steps, in order, all inside one transaction: any failure rolls every one back.
@@ -175,7 +175,7 @@ async def create_tenant(
 ) -> TenantRecord:
     """Provision a tenant completely, or leave nothing behind (role, schema, registry row)."""
     location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
-    head = load_script(TENANT_DIR).get_current_head()
+    head = tenant_script().get_current_head()
     try:
         async with engine.begin() as conn:
             # The registry row comes first: a concurrent create of the same slug waits on
