@@ -53,13 +53,20 @@ _ERROR_CLASSES: dict[str, type[RedisError]] = {
 }
 
 
+# "ERR" replies that redis-py takes for connection trouble, not for a command's error.
+_ERR_CLASSES: dict[str, type[RedisError]] = {
+    "max number of clients reached": RedisConnectionError,
+    "invalid password": AuthenticationError,
+    "AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?": AuthenticationError,
+}
+
+
 def reply_error(message: str) -> RedisError:
     """The exception redis-py raises for an error reply (the code word stripped as it does)."""
     code, _, rest = message.partition(" ")
     if code == "ERR":
-        if rest == "max number of clients reached":
-            return RedisConnectionError(rest)
-        return ResponseError(rest)
+        return _ERR_CLASSES.get(rest, ResponseError)(rest)
     error_class = _ERROR_CLASSES.get(code)
     if error_class is None:
         return ResponseError(message)
@@ -136,6 +143,9 @@ class RespConnection(asyncio.Protocol):
     def request(self, payload: bytes) -> asyncio.Future[Any]:
         """Send one packed command (or several); the future resolves with the first reply."""
         future = self._loop.create_future()
+        if self.closed:  # closed while its caller waited for the connect
+            future.set_exception(RedisConnectionError("Connection to Redis closed"))
+            return future
         if not self._waiters:
             self._last_progress = self._loop.time()
             if self._watchdog is None:

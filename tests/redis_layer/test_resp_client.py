@@ -365,6 +365,15 @@ async def test_a_wrong_or_missing_password_is_an_outage_not_a_bug(
         await client.aclose()
 
 
+async def test_a_password_for_a_server_without_one_is_an_authentication_error(
+    private_redis: RedisProcess,
+) -> None:
+    client = client_for(f"redis://:unneeded@127.0.0.1:{private_redis.port}/0")
+    with pytest.raises(AuthenticationError):
+        await client.ping()
+    await client.aclose()
+
+
 # --- closing ------------------------------------------------------------------------------
 
 
