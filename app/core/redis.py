@@ -1,4 +1,5 @@
-"""The Redis client, built once per process from REDIS_URL (standalone or Cluster)."""
+"""The Redis client, built once per process from REDIS_URL: the thin pipelined client
+(app/core/resp.py) for a plain redis:// server, redis-py for Cluster and everything else."""
 
 from __future__ import annotations
 
@@ -11,29 +12,39 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
+from app.core.resp import RespClient
 
 logger = logging.getLogger("tessera.redis")
 
-RedisClient = Redis | RedisCluster
+RedisClient = RespClient | Redis | RedisCluster
 
 
-def build_redis(settings: Settings) -> Any:
+def build_redis(settings: Settings) -> RedisClient:
     timeout = settings.redis_timeout_seconds
-    options: dict[str, Any] = {
+    url = settings.redis_url
+    if url.startswith("redis+cluster://") or settings.redis_cluster:
+        url = url.replace("redis+cluster://", "redis://", 1)
+        return RedisCluster.from_url(url, **_redis_py_options(timeout))
+    if RespClient.serves(url):
+        # The hot path's one or two calls per request cost a third of redis-py's CPU here
+        # (docs/decisions/0010-thin-redis-client-on-the-hot-path.md).
+        return RespClient.from_url(url, connect_timeout=timeout, reply_timeout=timeout)
+    # rediss://, unix:// or options in the query string: redis-py knows them.
+    client: Redis = Redis.from_url(url, retry_on_timeout=False, **_redis_py_options(timeout))
+    return client
+
+
+def _redis_py_options(timeout: float) -> dict[str, Any]:
+    return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 0,
         "decode_responses": False,
     }
-    url = settings.redis_url
-    if url.startswith("redis+cluster://") or settings.redis_cluster:
-        url = url.replace("redis+cluster://", "redis://", 1)
-        return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, retry_on_timeout=False, **options)
 
 
-# What a Redis outage looks like from redis-py (standalone and Cluster): the caller degrades
-# on these and lets everything else (a bug, a Lua error) surface.
+# What a Redis outage looks like from either client (the thin one raises redis-py's
+# exceptions): the caller degrades on these and lets everything else (a bug) surface.
 REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
     RedisClusterException,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -363,7 +364,7 @@ async def test_an_idempotent_replay_invalidates_nothing(
 
 
 async def test_zero_ttl_reads_from_the_database_and_keeps_nothing_in_redis(
-    settings: Settings, headers: Headers, tenant: TenantRecord
+    settings: Settings, headers: Headers, tenant: TenantRecord, redis_client: aioredis.Redis
 ) -> None:
     async with running_app(settings.model_copy(update={"cache_ttl_seconds": 0})) as (app, client):
         project = await post_project(client, headers, name="a")
@@ -376,7 +377,7 @@ async def test_zero_ttl_reads_from_the_database_and_keeps_nothing_in_redis(
         await client.patch(url, json={"name": "b"}, headers=headers)
         assert (await client.get(url, headers=headers)).json()["name"] == "b"
         assert meter.delta() == {"hit": 0, "miss": 0, "error": 0}
-        keys = [k async for k in app.state.redis.scan_iter(match=f"tessera:{{{tenant.slug}}}:*")]
+        keys = [k async for k in redis_client.scan_iter(match=f"tessera:{{{tenant.slug}}}:*")]
         # Only the limiter's window counter: no entries, versions or generation.
         assert [k.decode() for k in keys] == [f"tessera:{{{tenant.slug}}}:rl:60s"]
 

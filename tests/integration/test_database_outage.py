@@ -4,7 +4,6 @@ hang or a 500, and service again by itself when PostgreSQL is back (CONTRACT sec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -14,53 +13,10 @@ import pytest
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from tests.conftest import SERVER_URL, with_database
+from tests.servers import Proxy
 from tests.support import assert_problem, running_app
 
 Headers = dict[str, str]
-
-
-class Proxy:
-    """A TCP proxy in front of PostgreSQL that the test can cut and restore."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.links: set[asyncio.StreamWriter] = set()
-        self.frozen = False
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop accepting, and drop every open connection (as a crashed server would)."""
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.links):
-            writer.transport.abort()
-        await self.server.wait_closed()
-        self.links.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.links.update({writer, up_writer})
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    while self.frozen:  # a server that stops answering, connections open
-                        await asyncio.sleep(0.02)
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self.links.difference_update({writer, up_writer})
 
 
 @pytest.fixture

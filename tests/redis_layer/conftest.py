@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from app.core.redis import build_redis
 from tests.redis_layer.redis_servers import (
@@ -53,6 +54,15 @@ async def shared_redis() -> AsyncIterator[Any]:
     """The test Redis (TEST_REDIS_URL); tests use fresh tenant slugs, so nothing collides."""
     # A generous timeout: these tests are about behaviour, not about a loaded CI box.
     client = build_redis(redis_settings(REDIS_URL, timeout=2.0))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def inspector() -> AsyncIterator[aioredis.Redis]:
+    """redis-py on the test Redis, to look at what a test left there (the app's client speaks
+    only the hot path's commands)."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5)
     yield client
     await client.aclose()
 

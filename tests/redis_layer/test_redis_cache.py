@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from app.core.redis import build_redis
 from app.services.cache import CachedResponse, CacheKey, CacheResult, TenantCache
@@ -73,20 +74,20 @@ async def test_second_read_is_a_hit_with_the_same_response(shared_redis: Any, sl
 
 
 async def test_entries_live_under_the_tenant_hash_tag_with_the_ttl(
-    shared_redis: Any, slug: str
+    shared_redis: Any, inspector: Any, slug: str
 ) -> None:
     await cache_for(shared_redis, ttl_seconds=30).get_or_load(slug, PROJECT, Loader())
     await cache_for(shared_redis).get_or_load(slug, PROJECT_PAGE, Loader())
-    keys = sorted([k.decode() async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")])
+    keys = sorted([k.decode() async for k in inspector.scan_iter(match=f"tessera:{{{slug}}}:*")])
     assert keys == [
         f"tessera:{{{slug}}}:0:projects:{PROJECT.resource_id}@0",
         f"tessera:{{{slug}}}:0:projects@0:limit=20",
     ]
-    assert 0 < await shared_redis.pttl(keys[0]) <= 30_000
+    assert 0 < await inspector.pttl(keys[0]) <= 30_000
 
 
 async def test_an_invalidation_sets_versions_that_expire_after_twice_the_ttl(
-    shared_redis: Any, slug: str
+    shared_redis: Any, inspector: Any, slug: str
 ) -> None:
     cache = cache_for(shared_redis, ttl_seconds=30)
     await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
@@ -95,10 +96,10 @@ async def test_an_invalidation_sets_versions_that_expire_after_twice_the_ttl(
         f"tessera:{{{slug}}}:ver:projects:{PROJECT.resource_id}",
     ]
     for key in versions:
-        assert 30_000 < await shared_redis.pttl(key) <= 60_000
-    before = [await shared_redis.get(key) for key in versions]
+        assert 30_000 < await inspector.pttl(key) <= 60_000
+    before = [await inspector.get(key) for key in versions]
     await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
-    after = [await shared_redis.get(key) for key in versions]
+    after = [await inspector.get(key) for key in versions]
     assert all(b != a for b, a in zip(before, after, strict=True))
 
 
@@ -197,7 +198,7 @@ async def test_a_load_that_races_only_its_own_invalidation_is_never_served_after
 
 
 async def test_zero_ttl_turns_the_cache_off_without_asking_redis(
-    shared_redis: Any, slug: str
+    shared_redis: Any, inspector: Any, slug: str
 ) -> None:
     results = Results()
     cache = cache_for(shared_redis, results, ttl_seconds=0)
@@ -207,7 +208,7 @@ async def test_zero_ttl_turns_the_cache_off_without_asking_redis(
     await cache.invalidate(slug, PROJECT, CacheKey.pages("projects"))
     assert load.calls == 2
     assert results.counts == {}
-    assert [k async for k in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")] == []
+    assert [k async for k in inspector.scan_iter(match=f"tessera:{{{slug}}}:*")] == []
 
 
 async def test_twenty_concurrent_misses_run_the_loader_once(shared_redis: Any, slug: str) -> None:
@@ -315,13 +316,15 @@ async def test_an_invalidation_lost_in_an_outage_is_made_good_when_redis_returns
         assert (await cache.get_or_load(slug, PROJECT, load)).body == b'{"v":2}'
 
         server = start_redis(tmp_path, "--appendonly", "yes", port=server.port)
-        assert await client.dbsize() > 0  # the old entry is back
+        with redis.Redis(port=server.port) as direct:
+            assert direct.dbsize() > 0  # the old entry is back
         deadline = time.monotonic() + 5
         while results.counts["hit"] == 0 and time.monotonic() < deadline:
             # Bypassing while the client reconnects, then one miss, then hits: never v1.
             assert (await cache.get_or_load(slug, PROJECT, load)).body != b'{"v":1}'
         assert results.counts["hit"] == 1
-        assert await client.get(f"tessera:{{{slug}}}:gen") == b"1"
+        with redis.Redis(port=server.port) as direct:
+            assert direct.get(f"tessera:{{{slug}}}:gen") == b"1"
     finally:
         stop_redis(server)
         await client.aclose()

@@ -17,7 +17,7 @@ from app.services.rate_limiter import (
     parse_windows,
     window_key,
 )
-from tests.redis_layer.redis_servers import RedisProcess, new_slug, redis_settings
+from tests.redis_layer.redis_servers import REDIS_URL, RedisProcess, new_slug, redis_settings
 
 
 def limiter_for(client: Any, **overrides: Any) -> TenantRateLimiter:
@@ -74,7 +74,7 @@ async def test_two_instances_sharing_redis_allow_exactly_6_at_6_per_minute(
     shared_redis: Any, slug: str
 ) -> None:
     first = limiter_for(shared_redis)
-    second = limiter_for(build_redis(redis_settings(_url_of(shared_redis), timeout=2.0)))
+    second = limiter_for(build_redis(redis_settings(REDIS_URL, timeout=2.0)))
     allowed = 0
     for attempt in range(12):
         limiter = first if attempt % 2 == 0 else second
@@ -126,7 +126,7 @@ async def test_tenant_without_own_limit_gets_the_default(shared_redis: Any, slug
 
 
 async def test_several_limits_all_apply_and_a_rejection_counts_against_none(
-    shared_redis: Any, slug: str
+    shared_redis: Any, inspector: Any, slug: str
 ) -> None:
     limiter = limiter_for(shared_redis)
     for _ in range(2):
@@ -135,7 +135,7 @@ async def test_several_limits_all_apply_and_a_rejection_counts_against_none(
         await limiter.check(slug, "2/second;100/hour")
     assert caught.value.headers["X-RateLimit-Limit"] == "2"
     assert caught.value.headers["Retry-After"] == "1"
-    hour_count = await shared_redis.get(window_key(slug, parse_windows("100/hour")[0]))
+    hour_count = await inspector.get(window_key(slug, parse_windows("100/hour")[0]))
     assert int(hour_count) == 2
 
 
@@ -151,11 +151,11 @@ def test_limits_on_the_same_window_share_one_counter_with_the_strictest_amount()
     ]
 
 
-async def test_keys_carry_the_tenant_hash_tag(shared_redis: Any, slug: str) -> None:
+async def test_keys_carry_the_tenant_hash_tag(shared_redis: Any, inspector: Any, slug: str) -> None:
     await limiter_for(shared_redis).check(slug, "5/minute")
-    keys = [key.decode() async for key in shared_redis.scan_iter(match=f"tessera:{{{slug}}}:*")]
+    keys = [key.decode() async for key in inspector.scan_iter(match=f"tessera:{{{slug}}}:*")]
     assert keys == [f"tessera:{{{slug}}}:rl:60s"]
-    assert 0 < await shared_redis.pttl(keys[0]) <= 60_000
+    assert 0 < await inspector.pttl(keys[0]) <= 60_000
 
 
 async def test_rejections_are_reported_to_the_metrics_hook(shared_redis: Any, slug: str) -> None:
@@ -213,8 +213,3 @@ async def test_frozen_redis_costs_at_most_the_timeout_and_recovers_by_itself(
         state = await limiter.check(slug, "5/minute")
     assert state is not None and state.remaining <= 3
     await client.aclose()
-
-
-def _url_of(client: Any) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
