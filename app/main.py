@@ -59,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Multi-tenant SaaS backend: one PostgreSQL schema per tenant.",
         lifespan=lifespan,
+        # Tessera's telemetry is Prometheus (app/core/metrics.py) and JSON logs. FastAPI's
+        # native OpenTelemetry would otherwise look for global providers on every request
+        # (about 20 µs each, docs/profile.md) to find none.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
@@ -183,8 +183,33 @@ def tenant_label(slug: str) -> str:
     return _tenant_labels(slug)
 
 
+class _Series:
+    """Labelled series by label values, looked up once: `labels()` validates and locks on
+    every call, which costs more than the increment itself on the request path. Bounded;
+    past `limit` distinct label sets it falls back to `labels()`."""
+
+    def __init__(self, metric: Counter | Histogram, limit: int = 10_000) -> None:
+        self.metric = metric
+        self.limit = limit
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) < self.limit:
+                self._children[values] = child
+        return child
+
+
+_http_requests = _Series(HTTP_REQUESTS)
+_http_duration = _Series(HTTP_DURATION)
+_tenant_requests = _Series(TENANT_REQUESTS)
+_cache_requests = _Series(CACHE_REQUESTS)
+
+
 def record_tenant_request(tenant: str, status_code: int) -> None:
-    TENANT_REQUESTS.labels(tenant_label(tenant), f"{status_code // 100}xx").inc()
+    _tenant_requests(tenant_label(tenant), f"{status_code // 100}xx").inc()
 
 
 def record_rate_limit_rejection(tenant: str) -> None:
@@ -192,7 +217,7 @@ def record_rate_limit_rejection(tenant: str) -> None:
 
 
 def record_cache(result: Literal["hit", "miss", "error"]) -> None:
-    CACHE_REQUESTS.labels(result).inc()
+    _cache_requests(result).inc()
 
 
 def record_jwks_refresh(result: Literal["success", "error"]) -> None:
@@ -217,8 +242,8 @@ def set_database_up(up: bool) -> None:
 
 
 def _record_http(info: Info) -> None:
-    HTTP_REQUESTS.labels(info.modified_handler, info.method, info.modified_status).inc()
-    HTTP_DURATION.labels(info.modified_handler, info.method).observe(info.modified_duration)
+    _http_requests(info.modified_handler, info.method, info.modified_status).inc()
+    _http_duration(info.modified_handler, info.method).observe(info.modified_duration)
 
 
 @dataclass(frozen=True, slots=True)
