@@ -47,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout_seconds=settings.redis_timeout_seconds,
             on_result=metrics.record_cache,
         )
+        app.state.tenant_registry.start()  # listens in the background; never waits here
         try:
             yield
         finally:
+            await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
             await app.state.engine.dispose()

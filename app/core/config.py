@@ -80,7 +80,8 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: int = Field(default=60, ge=0)
     # Below 1 s so that, with the lookup's own latency, a suspend or plan change is in force
-    # on every replica within the contract's 1 second.
+    # on every replica within the contract's 1 second: how long an entry lives, or, while
+    # change notifications are proven to arrive, how far behind them it may be.
     tenant_registry_ttl_seconds: float = Field(default=0.8, ge=0, le=0.9)
 
     metrics_token: str | None = None

@@ -1,10 +1,11 @@
-"""The one shared connection pool for every tenant."""
+"""The one shared connection pool for every tenant, and the connections kept outside it."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.core.config import Settings
@@ -36,4 +37,17 @@ def build_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=settings.db_pool_recycle_seconds,
         pool_pre_ping=False,
         connect_args=connect_args,
+    )
+
+
+async def connect_outside_pool(settings: Settings, application_name: str) -> asyncpg.Connection:
+    """A dedicated asyncpg connection to the pool's database, for work that must not hold a
+    pooled connection (the tenant registry's change listener). It prepares no statements,
+    so it works through PgBouncer as well."""
+    return await asyncpg.connect(
+        settings.dsn,
+        timeout=settings.db_connect_timeout_seconds,
+        command_timeout=settings.db_request_timeout_seconds,
+        statement_cache_size=0,
+        server_settings={"application_name": application_name},
     )

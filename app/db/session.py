@@ -248,7 +248,7 @@ async def tenant_transaction(
                 await raw.execute(begin_pinned_sql(tenant), timeout=timeout)
             except InvalidParameterValueError as exc:
                 # The tenant's role is gone: deleted while this replica's registry entry
-                # (at most TENANT_REGISTRY_TTL_SECONDS old) still had it.
+                # (at most about a second behind) still had it.
                 raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
             try:
                 yield TenantSession(raw, statement_cache(engine), timeout)

@@ -20,6 +20,7 @@ from app.db.migrate import stamp_tenant_schema, tenant_script, upgrade_tenant_sc
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
+from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services.pagination import created, cut_page, decode_cursor
 
 logger = logging.getLogger("tessera.tenants")
@@ -74,10 +75,14 @@ UNKNOWN = Unknown.UNKNOWN
 
 
 class TenantRegistry:
-    """Slug → tenant, from an in-process cache at most `ttl` seconds stale, then PostgreSQL.
+    """Slug → tenant, from an in-process cache, then PostgreSQL.
 
-    The bound on staleness is what puts a suspend or a plan change in force on every
-    replica within a second, without a registry query on every request.
+    An entry is fresh for `ttl` seconds after its load began. Once `start()`ed, the
+    registry also follows the change notifications of `platform.tenants`
+    (`app/db/tenant_changes.py`): each drops the entry it names, and an entry loaded while
+    they were being heard stays fresh as long as they are proven to arrive, at most `ttl`
+    seconds behind. Either way a suspend or a plan change is in force on every replica
+    within a second; with notifications, a tenant's lookups stop costing a query.
     """
 
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
@@ -85,22 +90,41 @@ class TenantRegistry:
         self._ttl = settings.tenant_registry_ttl_seconds
         self._timeout = settings.db_request_timeout_seconds
         self._default_rate_limit = settings.rate_limit_default
-        self._entries: dict[str, tuple[float, Tenant | None]] = {}
+        # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
+        self._entries: dict[str, tuple[float, Tenant | None, int | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
+        self._changes = 0  # notifications so far: a load that overlapped one is TTL-only
+        self._feed = TenantChangeFeed(settings, self._changed, window=self._ttl)
+
+    def start(self) -> None:
+        """Follow change notifications in the background (the app's lifespan). Without it
+        (the CLI, some tests) entries live `ttl` seconds."""
+        if self._ttl > 0:
+            self._feed.start()
+
+    async def aclose(self) -> None:
+        await self._feed.aclose()
+
+    @property
+    def live(self) -> bool:
+        """Whether change notifications are proven to arrive right now."""
+        return self._feed.live
 
     def peek(self, slug: str) -> Tenant | None | Unknown:
         """The tenant from the in-process cache if its entry is fresh (None: no such tenant),
         else UNKNOWN; never waits (get() loads)."""
         entry = self._entries.get(slug)
-        if entry is not None and entry[0] > time.monotonic():
-            return entry[1]
+        if entry is not None:
+            now = time.monotonic()
+            feed = self._feed
+            if now < entry[0] or (entry[2] == feed.epoch and now < feed.live_until):
+                return entry[1]
         return UNKNOWN
 
     async def get(self, slug: str) -> Tenant | None:
-        entry = self._entries.get(slug)
-        now = time.monotonic()
-        if entry is not None and entry[0] > now:
-            return entry[1]
+        tenant = self.peek(slug)
+        if tenant is not Unknown.UNKNOWN:
+            return tenant
         while (inflight := self._inflight.get(slug)) is not None:
             try:
                 return await asyncio.shield(inflight)
@@ -111,6 +135,8 @@ class TenantRegistry:
                 # The request that was loading was cancelled, not this one: load anew.
         future: asyncio.Future[Tenant | None] = asyncio.get_running_loop().create_future()
         self._inflight[slug] = future
+        started = time.monotonic()
+        epoch, changes = self._feed.listening_epoch, self._changes
         try:
             tenant = await self._load(slug)
         except asyncio.CancelledError:
@@ -122,15 +148,25 @@ class TenantRegistry:
             raise
         finally:
             self._inflight.pop(slug, None)
-        self._entries[slug] = (now + self._ttl, tenant)
+        if changes != self._changes:
+            epoch = None  # a change arrived mid-load: what was read may predate it
+        self._entries[slug] = (started + self._ttl, tenant, epoch)
         if len(self._entries) > 100_000:  # bound memory with many tenants
             self._entries.clear()
         future.set_result(tenant)
         return tenant
 
     def forget(self, slug: str) -> None:
-        """Drop this replica's entry now (the others follow within the TTL)."""
+        """Drop this replica's entry now (the others follow on the change's notification,
+        or within the TTL)."""
         self._entries.pop(slug, None)
+
+    def _changed(self, slug: str) -> None:
+        self._changes += 1
+        if slug == EVERY_TENANT:
+            self._entries.clear()
+        else:
+            self._entries.pop(slug, None)
 
     async def _load(self, slug: str) -> Tenant | None:
         async with asyncio.timeout(self._timeout), self._engine.connect() as conn:

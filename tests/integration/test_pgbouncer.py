@@ -28,6 +28,8 @@ from app.db.models.tenant import projects
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema, pin_tenant
 from app.main import create_app
+from app.services import tenants as service
+from app.services.tenants import UNKNOWN, TenantRegistry
 from tests.conftest import SERVER_URL, MakeToken
 from tests.servers import free_port
 
@@ -168,3 +170,29 @@ async def test_tenant_api_through_pgbouncer_keeps_tenants_apart(
             theirs_id = ids[1]  # created by other_tenant
             response = await client.get(f"/v1/projects/{theirs_id}", headers=auth(tenant))
             assert response.status_code == 404
+
+
+async def test_the_tenant_registry_behind_pgbouncer_stays_on_its_ttl(
+    bouncer_settings: Settings,
+    bouncer_engine: AsyncEngine,
+    engine: AsyncEngine,
+    tenant: TenantRecord,
+) -> None:
+    """LISTEN cannot work through transaction pooling: notifications reach the server
+    connection while no client is linked to it. The registry's pings come from another
+    connection, so none comes back, and it never trusts an entry past its TTL."""
+    registry = TenantRegistry(bouncer_engine, bouncer_settings)
+    registry.start()
+    try:
+        assert await registry.get(tenant.slug) is not None
+        await asyncio.sleep(1.5)  # six pings
+        assert not registry.live
+        assert registry.peek(tenant.slug) is UNKNOWN
+        assert await registry.get(tenant.slug) is not None
+        await service.update_tenant(engine, tenant.slug, status="suspended")
+        started = time.monotonic()
+        while (found := await registry.get(tenant.slug)) is None or found.status != "suspended":
+            assert time.monotonic() - started < 1.0, "the suspend took more than 1 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await registry.aclose()
