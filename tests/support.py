@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -43,3 +45,14 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert body["status"] == status
     assert body["code"] == code
     return body
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[object]], expected: object, within: float
+) -> None:
+    """Wait until `probe()` answers `expected`; fail after `within` seconds."""
+    started = time.monotonic()
+    while (found := await probe()) != expected:
+        elapsed = time.monotonic() - started
+        assert elapsed < within, f"still {found!r} after {elapsed:.2f} s"
+        await asyncio.sleep(0.01)

@@ -72,7 +72,7 @@ class TenantChangeFeed:
         self._seq = 0
         self._retry = RETRY_FIRST_SECONDS
         self._outage = False
-        self._listener: Any = None  # asyncpg.Connection
+        self._listener: Any = None  # asyncpg.Connection (tests terminate its backend)
         self._task: asyncio.Task[None] | None = None
 
     @property

@@ -5,7 +5,6 @@ whenever the notifications are not proven to arrive (CONTRACT section 7)."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,6 +19,7 @@ from app.db.engine import build_engine
 from app.db.repositories.tenants import TenantRecord
 from app.services import tenants as service
 from app.services.tenants import UNKNOWN, TenantRegistry
+from tests.support import eventually
 
 Headers = dict[str, str]
 
@@ -58,17 +58,6 @@ async def registry(settings: Settings, lookups: Lookups) -> AsyncIterator[Tenant
         yield started
     finally:
         await started.aclose()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[object]], expected: object, within: float
-) -> None:
-    """Wait until `probe()` answers `expected`; fail after `within` seconds."""
-    started = time.monotonic()
-    while (found := await probe()) != expected:
-        elapsed = time.monotonic() - started
-        assert elapsed < within, f"still {found!r} after {elapsed:.2f} s"
-        await asyncio.sleep(0.01)
 
 
 async def until_live(registry: TenantRegistry, live: bool, within: float) -> None:
