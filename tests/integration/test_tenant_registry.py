@@ -49,8 +49,12 @@ async def lookups(settings: Settings) -> AsyncIterator[Lookups]:
 
 
 @pytest.fixture
-async def registry(settings: Settings, lookups: Lookups) -> AsyncIterator[TenantRegistry]:
-    """A started registry (as the app's lifespan starts it), once it hears notifications."""
+async def registry(
+    settings: Settings, lookups: Lookups, tenant: TenantRecord
+) -> AsyncIterator[TenantRegistry]:
+    """A started registry (as the app's lifespan starts it), once it hears notifications.
+    It starts after the test's tenant exists: the notification of that tenant's creation,
+    arriving during a first lookup, would rightly keep that lookup's entry to its TTL."""
     started = TenantRegistry(lookups.engine, settings)
     started.start()
     try:
