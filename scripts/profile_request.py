@@ -47,7 +47,7 @@ from app.services.tenants import create_tenant  # noqa: E402
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")
 N = 2000
-PROFILE_OUT: Any = None  # --cprofile: a stream for the cache hit's function profile
+PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
 # Issue 8's per-request CPU budget.
 BUDGET = {
@@ -105,6 +105,20 @@ async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
     for _ in range(n):
         await fn()
     return (time.process_time() - started) / n * 1e6
+
+
+async def function_profile(what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+    """--cprofile: where one kind of request's time goes, function by function (to stderr)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    print(f"\n### {what}: {N} requests", file=PROFILE_OUT)
+    profiler.enable()
+    for _ in range(N):
+        await fn()
+    profiler.disable()
+    pstats.Stats(profiler, stream=PROFILE_OUT).sort_stats("tottime").print_stats(30)
 
 
 def serve_issuer(keys: Path) -> tuple[DevIssuer, str, uvicorn.Server]:
@@ -198,16 +212,8 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
             await cpu_per_call(lambda: verifier.verify(token), n=20000),
         )
     )
-    if PROFILE_OUT is not None:  # --cprofile: where a cache hit's time goes, function by function
-        import cProfile
-        import pstats
-
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(N):
-            await call(app, read, token)
-        profiler.disable()
-        pstats.Stats(profiler, stream=PROFILE_OUT).sort_stats("tottime").print_stats(30)
+    if PROFILE_OUT is not None:
+        await function_profile("cache hit", lambda: call(app, read, token))
 
     fresh = [dev.mint(f"u{i}", tenant=tenant.slug, scopes="api:read") for i in range(N + 200)]
     tokens = iter(fresh)
@@ -226,6 +232,8 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
             await cpu_per_call(lambda: call(cold_app, read, token)),
         )
     )
+    if PROFILE_OUT is not None:
+        await function_profile("cache off", lambda: call(cold_app, read, token))
     await cold.__aexit__(None, None, None)
 
     bare_app, bare = await with_app(settings, strip_metrics=True)
@@ -281,7 +289,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "profile.md")
     parser.add_argument(
-        "--cprofile", action="store_true", help="also print a cache hit's function profile"
+        "--cprofile",
+        action="store_true",
+        help="also print function profiles of a cache hit and a miss",
     )
     args = parser.parse_args()
     if args.cprofile:
