@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,9 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_result=metrics.record_cache,
         )
         app.state.tenant_registry.start()  # listens in the background; never waits here
+        # Everything built so far lives as long as the process. Moved out of the collector's
+        # reach, it is never scanned again: a full collection over it took 144 ms on the
+        # benchmark machine, a pause every request in flight would wait for.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # collectable again: a process may build more apps (the tests do)
             await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
