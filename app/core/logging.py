@@ -30,9 +30,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "event_fields", None)
         if fields:
             entry.update(fields)
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+        for key in record.__dict__.keys() - _RESERVED:  # `extra=` keys, usually none
+            if not key.startswith("_"):
+                entry[key] = record.__dict__[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -55,6 +55,13 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
+    # What no line of ours shows (the source file and line, thread, process names) is not
+    # gathered for every record either: the logging HOWTO's "Optimization" settings. The
+    # access log writes a line per request, so this is on the request path.
+    logging._srcfile = None  # noqa: SLF001
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()

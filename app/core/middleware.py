@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -67,10 +66,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                headers = MutableHeaders(scope=message)
-                headers.append("X-Request-ID", request_id)
-                for name, value in _pending_headers(scope).items():
-                    headers[name] = value  # replaces, so a 429 never carries them twice
+                headers = _with_pending_headers(message.get("headers", []), scope)
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -118,6 +116,21 @@ class RequestContextMiddleware:
                 record_tenant_request(tenant, status)
             tenant_var.reset(tenant_token)
             request_id_var.reset(id_token)
+
+
+def _with_pending_headers(
+    headers: list[tuple[bytes, bytes]], scope: Scope
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers with the pending ones put on, replacing any of the same name
+    (so a 429 that carries the rate-limit headers itself never carries them twice)."""
+    pending = _pending_headers(scope)
+    if not pending:
+        return list(headers)
+    added = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in pending.items()
+    ]
+    names = {name for name, _ in added}
+    return [h for h in headers if h[0].lower() not in names] + added
 
 
 def _pending_headers(scope: Scope) -> Mapping[str, str]:
