@@ -466,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--duration must be whole seconds, like 5s")
         mode = replace(mode, duration=args.duration)
     if args.scale_max:
-        mode = replace(mode, scale_levels=(mode.scale_levels[0], args.scale_max))
+        below = tuple(level for level in mode.scale_levels if level < args.scale_max)
+        mode = replace(mode, scale_levels=(*below, args.scale_max))
     require_wrk()
     command = "uv run python scripts/bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
@@ -474,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(mode=mode, command=command)
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         asyncio.run(run(report, Path(tmp)))
+        if mode.name == "full":
+            profile_section(report, Path(tmp))
     write_markdown(report, args.output)
     print(f"\nwritten to {args.output}")
     return 0
@@ -798,6 +801,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         )
         scaled: list[tuple[int, WrkResult, float]] = []
+        spreads: list[tuple[int, list[tuple[str, str]]]] = []
         for level in mode.scale_levels:
             spread = [
                 (
@@ -806,6 +810,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
                 )
                 for n in range(level)
             ]
+            spreads.append((level, spread))
             failed = await warm_up(tessera_url, spread)
             if failed:
                 raise RuntimeError(f"warm-up over {level} tenants: {failed} answers not 200")
@@ -813,6 +818,25 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             rss = tessera.rss_mib()
             scaled.append((level, result, rss))
             report.add(result.row(str(level), f" {rss:.0f} |"))
+        # The same spread with the cache off: every read reaches PostgreSQL, whose backends
+        # load each schema's catalog entries the first time they touch it. No target: it
+        # says what the cache is saving at this tenant count.
+        nocache, nocache_url = start_tessera("tessera-nocache-scaling", CACHE_TTL_SECONDS="0")
+        report.add(
+            "",
+            "The same spread with the cache off (CACHE_TTL_SECONDS=0: every read runs its "
+            "pinned transaction in PostgreSQL), also after a warm-up pass; no target, it shows "
+            "what the cache saves at each tenant count.",
+            "",
+            "| tenants | requests/s | p50 ms | p99 ms | requests | non-2xx or errors |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        )
+        for level, spread in spreads:
+            failed = await warm_up(nocache_url, spread)
+            if failed:
+                raise RuntimeError(f"warm-up over {level} tenants: {failed} answers not 200")
+            report.add(run_wrk(nocache_url, spread, tmp, **wrk_kw).row(str(level)))
+        nocache.stop()
         (lo, r_lo, m_lo), (hi, r_hi, m_hi) = scaled[0], scaled[-1]
         label = f"{hi} vs {lo} tenants"
         report.target(
@@ -971,6 +995,30 @@ def downgrade() -> None:
 '''
 
 
+def profile_section(report: Report, tmp: Path) -> None:
+    """The per-request CPU breakdown against the issue's budget (scripts/profile_request.py,
+    in-process, run after the load so nothing else competes), as a section of the report."""
+    output = tmp / "profile.md"
+    subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, str(ROOT / "scripts" / "profile_request.py"), "--output", str(output)],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    table = [line for line in output.read_text().splitlines() if line.startswith("|")]
+    report.add(
+        "",
+        "## Where a request's CPU goes",
+        "",
+        "`uv run python scripts/profile_request.py`, run right after the load above: CPU "
+        "microseconds of the Tessera process per request, in-process and sequential (Redis's "
+        "and PostgreSQL's own time not included); rows that are differences measure the same "
+        "request with and without the part, in alternating rounds.",
+        "",
+        *table,
+    )
+
+
 def write_markdown(report: Report, output: Path) -> None:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     label = "full run" if report.mode.name == "full" else "QUICK (smoke) run: short, small, noisy"
@@ -990,8 +1038,8 @@ def write_markdown(report: Report, output: Path) -> None:
         "",
         "Targets marked *not measured* could not be measured in this run (see the sections).",
         "Where each request's CPU goes, part by part against the issue's per-request budget: "
-        "`docs/profile.md` (`uv run python scripts/profile_request.py`). What the misses "
-        "come from and what is left to do: `docs/performance.md`.",
+        "the last section (full runs). What the misses come from and what is left to do: "
+        "`docs/performance.md`.",
         "",
         "## Machine",
         "",
