@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.schema import CreateTable
 
 from app.db.models.base import PLATFORM_SCHEMA, shared_metadata, tenant_metadata
 from app.db.models.shared import tenants
@@ -73,9 +74,19 @@ def _upgrade_sync(
         env.run_migrations()
 
 
-def _stamp_sync(conn: Connection, script: ScriptDirectory, schema: str) -> None:
-    context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
-    context.stamp(script, "head")
+@lru_cache(maxsize=1)
+def tenant_stamp_sql() -> tuple[str, ...]:
+    """What stamping a schema built from the models at head takes, as SQL rendered once
+    (Alembic's offline mode and its own version table): it runs in provisioning's round trip.
+    Unqualified, so it lands in the schema the transaction is pinned to."""
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer}
+    )
+    version_table = context._version  # noqa: SLF001 (Alembic's definition of its table)
+    create = str(CreateTable(version_table).compile(dialect=context.dialect)).strip()
+    context.stamp(tenant_script(), "head")
+    return (create, buffer.getvalue().strip().rstrip(";"))
 
 
 async def lock(conn: AsyncConnection, name: str) -> None:
@@ -158,11 +169,6 @@ async def upgrade_tenant_schema(
     raw = await conn.get_raw_connection()
     # Several statements in one simple-protocol round trip; no parameters are involved.
     await raw.driver_connection.execute(sql)  # type: ignore[union-attr]
-
-
-async def stamp_tenant_schema(conn: AsyncConnection, schema: str, script: ScriptDirectory) -> None:
-    """Record head in a schema that was built from the models."""
-    await conn.run_sync(_stamp_sync, script, schema)
 
 
 @dataclass

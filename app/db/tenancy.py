@@ -7,11 +7,16 @@ schema. Requests, the CLI and background work all enter a tenant through `pin_te
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from app.db.models.base import PLATFORM_SCHEMA, tenant_metadata
 
@@ -94,6 +99,11 @@ async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:
 _OWNER_PATH_SQL = text("SELECT set_config('search_path', :search_path, true)")
 
 
+def owner_pin_sql(schema: str) -> str:
+    """pin_schema_as_owner as inlined SQL, for a script of DDL sent in one round trip."""
+    return f"SELECT set_config('search_path', '{quote_ident(schema)}', true)"
+
+
 def pin_schema_as_owner(conn: Connection, schema: str) -> None:
     """Point the open transaction at a tenant schema, keeping the owner's role: for DDL only
     (provisioning and migrations), never for a request. Synchronous, for run_sync callbacks."""
@@ -103,27 +113,56 @@ def pin_schema_as_owner(conn: Connection, schema: str) -> None:
 # --- provisioning DDL --------------------------------------------------------------
 
 
+async def run_script(conn: AsyncConnection, statements: list[str]) -> None:
+    """Several statements in one round trip (PostgreSQL's simple query protocol), inside the
+    transaction `conn` has open: provisioning is a dozen DDL statements, and a round trip
+    each was most of its time."""
+    adapted = (await conn.get_raw_connection()).dbapi_connection
+    raw = adapted.driver_connection  # type: ignore[union-attr]
+    assert raw is not None and raw.is_in_transaction()  # all or nothing with the rest
+    script = ";\n".join(statements)
+    try:
+        await raw.execute(script)
+    except Exception as exc:  # as SQLAlchemy raises it (sqlstate in .orig), as callers expect
+        try:
+            adapted._handle_exception(exc)  # type: ignore[union-attr]  # noqa: SLF001
+        except Exception as translated:
+            dbapi_error = adapted.dbapi.Error  # type: ignore[union-attr]
+            raise sa_exc.DBAPIError.instance(script, None, translated, dbapi_error) from exc
+        raise
+
+
 async def create_role(conn: AsyncConnection, tenant: TenantSchema) -> None:
     # LOGIN without a password: password authentication can never admit it, while Citus can
     # still open worker connections as this role (it fails with NOLOGIN).
     role = quote_ident(tenant.role)
-    await conn.execute(text(f"CREATE ROLE {role} LOGIN NOINHERIT"))
-    await conn.execute(text(f"GRANT {role} TO CURRENT_USER"))
+    await run_script(conn, [f"CREATE ROLE {role} LOGIN NOINHERIT", f"GRANT {role} TO CURRENT_USER"])
 
 
 async def create_schema(conn: AsyncConnection, tenant: TenantSchema) -> None:
     await conn.execute(text(f"CREATE SCHEMA {quote_ident(tenant.schema)}"))
 
 
-async def create_tables(conn: AsyncConnection, tenant: TenantSchema) -> None:
-    """Build the tenant tables from the models (the fast path; a test proves it equals the
-    migrations' result)."""
-    await conn.run_sync(_create_tables_sync, tenant.schema)
+async def create_tables(
+    conn: AsyncConnection, tenant: TenantSchema, then: Sequence[str] = ()
+) -> None:
+    """Build the tenant tables from the models, then run `then` (the migration stamp) in the
+    same round trip (the fast path; a test proves it equals the migrations' result)."""
+    await run_script(conn, [owner_pin_sql(tenant.schema), *tenant_tables_ddl(), *then])
 
 
-def _create_tables_sync(conn: Connection, schema: str) -> None:
-    pin_schema_as_owner(conn, schema)
-    tenant_metadata.create_all(conn)
+@lru_cache(maxsize=1)
+def tenant_tables_ddl() -> tuple[str, ...]:
+    """CREATE TABLE and CREATE INDEX for every tenant table, in dependency order, as
+    `tenant_metadata.create_all` would issue them. Rendered once: the names are unqualified
+    (they land in the schema the transaction is pinned to), so one text serves every tenant."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    statements: list[str] = []
+    for table in tenant_metadata.sorted_tables:
+        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+    return tuple(statements)
 
 
 async def grant_privileges(conn: AsyncConnection, tenant: TenantSchema) -> None:
@@ -138,8 +177,7 @@ async def grant_privileges(conn: AsyncConnection, tenant: TenantSchema) -> None:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {role}",
     ]
-    for statement in statements:
-        await conn.execute(text(statement))
+    await run_script(conn, statements)
 
 
 async def drop_tenant_objects(conn: AsyncConnection, tenant: TenantSchema) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.db import tenancy
-from app.db.migrate import stamp_tenant_schema, tenant_script, upgrade_tenant_schema
+from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
@@ -182,8 +182,7 @@ ProvisioningStep = Callable[[AsyncConnection, TenantSchema], Awaitable[None]]
 
 
 async def _tables_from_models(conn: AsyncConnection, location: TenantSchema) -> None:
-    await tenancy.create_tables(conn, location)
-    await stamp_tenant_schema(conn, location.schema, tenant_script())
+    await tenancy.create_tables(conn, location, then=tenant_stamp_sql())
 
 
 async def _tables_from_migrations(conn: AsyncConnection, location: TenantSchema) -> None:
