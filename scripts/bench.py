@@ -440,8 +440,10 @@ def machine(pg_version: str, redis_version: str) -> list[str]:
         f"- PostgreSQL: {pg_version}",
         f"- Redis: {redis_version}",
         f"- load generator: {wrk_version[0] if wrk_version else 'wrk'}",
-        "- shared machine: other developers' test suites were running concurrently, so absolute "
-        "numbers are noisy; compare the ratios within one run.",
+        "- load average when the run started: "
+        + ", ".join(f"{load:.2f}" for load in os.getloadavg())
+        + " (1, 5, 15 min); a virtual machine whose speed varies from run to run, so compare "
+        "the ratios within one run, not absolute numbers across runs.",
     ]
 
 
