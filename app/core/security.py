@@ -127,7 +127,7 @@ class JWKSClient:
                 if self._configured_jwks_url is None:
                     self._jwks_url = None  # discover again next time, the document may have moved
                 return
-            self._keys = keys
+            self._keys = _keep_unchanged(self._keys, keys)
             self._fetched_at = time.monotonic()
             self._generation += 1
             metrics.record_jwks_refresh("success")
@@ -155,6 +155,21 @@ class JWKSClient:
         if not isinstance(document, dict):
             raise ValueError(f"{url} did not answer a JSON object")
         return document
+
+
+def _keep_unchanged(
+    held: dict[str | None, Key], fetched: dict[str | None, Key]
+) -> dict[str | None, Key]:
+    """The fetched keys, with the very objects already held wherever the issuer still
+    publishes the same key under the same kid: a remembered token stays valid exactly as long
+    as its key object is the one published (TokenVerifier._cache_get), so a routine re-read
+    must not make every remembered token verify again."""
+    kept = dict(fetched)
+    for kid, key in fetched.items():
+        old = held.get(kid)
+        if old is not None and old.thumbprint() == key.thumbprint():
+            kept[kid] = old
+    return kept
 
 
 def parse_jwks(document: Mapping[str, Any]) -> dict[str | None, Key]:

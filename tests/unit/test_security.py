@@ -161,6 +161,25 @@ async def test_a_remembered_token_stops_working_once_its_key_is_withdrawn(
         await verifier.aclose()
 
 
+async def test_a_remembered_token_stays_remembered_when_a_re_read_keeps_its_key(
+    start_issuer: StartIssuer,
+) -> None:
+    """A routine JWKS re-read (a rotation that keeps the old key published) must not send
+    every remembered token through signature verification again."""
+    issuer = start_issuer()
+    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
+    try:
+        old = issuer.dev.mint("old")
+        claims = await verifier.verify(old)
+        await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
+        issuer.dev.rotate("RS256")  # the old key stays published beside the new one
+        assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
+        assert issuer.jwks_fetches == 2
+        assert verifier.remembered(old) is claims
+    finally:
+        await verifier.aclose()
+
+
 async def test_jwks_url_setting_skips_discovery(start_issuer: StartIssuer) -> None:
     issuer = start_issuer()
     settings = verifier_settings(issuer.url, auth_jwks_url=f"{issuer.url}/jwks.json")
