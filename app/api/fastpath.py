@@ -101,9 +101,8 @@ class CachedReadFastPath:
             cache.on_result("hit")
             cached = CachedResponse.decode(prefetched.entry)
         else:
-            keep_prefetched(scope, prefetched)
             try:
-                cached = await tenant_reader(scope, tenant).read(read)
+                cached = await tenant_reader(scope, tenant, prefetched).read(read)
             except TesseraError as exc:
                 await error_response(exc)(scope, _no_body, send)
                 return True

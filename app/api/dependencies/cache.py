@@ -69,20 +69,15 @@ class TenantReader:
         )
 
 
-def tenant_reader(scope: Scope, tenant: Tenant) -> TenantReader:
+def tenant_reader(scope: Scope, tenant: Tenant, prefetched: Prefetched | None) -> TenantReader:
     state = scope["app"].state
-    prefetched = scope.get("state", {}).get(PREFETCHED_STATE_KEY)
     return TenantReader(
-        state.cache,
-        state.engine,
-        tenant,
-        state.settings.db_request_timeout_seconds,
-        prefetched if isinstance(prefetched, Prefetched) else None,
+        state.cache, state.engine, tenant, state.settings.db_request_timeout_seconds, prefetched
     )
 
 
 async def get_tenant_reader(request: Request, tenant: CurrentTenant) -> TenantReader:
-    return tenant_reader(request.scope, tenant)
+    return tenant_reader(request.scope, tenant, prefetched_read(request))
 
 
 CachedReads = Annotated[TenantReader, Depends(get_tenant_reader)]
