@@ -15,8 +15,8 @@ from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.models.tenant import idempotency_keys, projects, tasks
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import tenant_transaction
-from app.db.tenancy import TenantSchema
+from app.db.session import prebuilt, tenant_transaction
+from app.db.tenancy import TenantSchema, pin_tenant
 
 
 def loc(record: TenantRecord) -> TenantSchema:
@@ -152,3 +152,59 @@ async def test_cancelled_request_never_leaks_its_transaction_or_pin(
     async with one_connection.connect() as conn:
         row = (await conn.execute(text("SELECT current_user, now() = statement_timestamp()"))).one()
         assert row[0] != tenant.db_role
+
+
+async def test_prebuilt_statements_answer_with_each_calls_values(
+    engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    by_id = prebuilt(select(projects.c.name).where(projects.c.id == bindparam("project_id")))
+    ids = [uuid.uuid4() for _ in range(3)]
+    async with tenant_transaction(engine, loc(tenant)) as session:
+        for i, project_id in enumerate(ids):
+            await session.execute(insert(projects).values(id=project_id, name=f"n{i}"))
+        for i, project_id in enumerate(ids):  # compiled once, then found by identity
+            assert await session.scalar(by_id, {"project_id": project_id}) == f"n{i}"
+        assert await session.scalar(by_id, {"project_id": uuid.uuid4()}) is None
+        with pytest.raises(Exception, match="project_id"):  # a value is always required
+            await session.scalar(by_id, {})
+        in_list = prebuilt(select(projects.c.id).where(projects.c.id.in_(ids)))
+        with pytest.raises(ValueError, match="IN list"):
+            await session.execute(in_list)
+    # The same statement through SQLAlchemy (the Executor the CLI and the tests use).
+    async with engine.begin() as conn:
+        await pin_tenant(conn, loc(tenant))
+        assert (await conn.scalar(by_id, {"project_id": ids[1]})) == "n1"
+
+
+async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
+    settings: Settings, tenant: TenantRecord
+) -> None:
+    engine = build_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 2}))
+    pool = engine.sync_engine.pool
+    try:
+        backends = set()
+        for _ in range(3):  # one after another: the one pooled connection, every time
+            async with tenant_transaction(engine, loc(tenant)) as session:
+                backends.add(await session.scalar(text("SELECT pg_backend_pid()")))
+        assert len(backends) == 1 and pool.checkedout() == 0
+
+        started = asyncio.Event()
+
+        async def held() -> int:
+            async with tenant_transaction(engine, loc(tenant)) as session:
+                pid = await session.scalar(text("SELECT pg_backend_pid()"))
+                await started.wait()
+                return int(pid)
+
+        waiting = [asyncio.create_task(held()) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        assert pool.checkedout() == 3  # two of them overflow
+        started.set()
+        assert len(set(await asyncio.gather(*waiting))) == 3
+        # The two overflow connections were closed on their way back; one stays pooled.
+        assert pool.checkedout() == 0 and pool.overflow() == 0  # none beyond pool_size
+        assert pool.checkedin() == 1
+        async with tenant_transaction(engine, loc(tenant)) as session:
+            assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, insert, select, update
+from sqlalchemy import bindparam, delete, exists, insert, select, update
 
 from app.db.models.tenant import projects
 from app.db.repositories._keyset import older_than
-from app.db.session import Executor
+from app.db.session import Executor, prebuilt
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,16 @@ async def insert_project(
     return ProjectRecord.from_row(row)
 
 
+_GET_PROJECT = prebuilt(select(projects).where(projects.c.id == bindparam("project_id")))
+_FIRST_PROJECTS = prebuilt(
+    select(projects)
+    .order_by(projects.c.created_at.desc(), projects.c.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
 async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord | None:
-    row = (await conn.execute(select(projects).where(projects.c.id == project_id))).one_or_none()
+    row = (await conn.execute(_GET_PROJECT, {"project_id": project_id})).one_or_none()
     return ProjectRecord.from_row(row) if row else None
 
 
@@ -63,10 +71,15 @@ async def project_exists(conn: Executor, project_id: uuid.UUID) -> bool:
 async def list_projects(
     conn: Executor, *, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[ProjectRecord]:
-    query = select(projects)
-    if after is not None:
-        query = query.where(older_than(projects.c.created_at, projects.c.id, after))
-    query = query.order_by(projects.c.created_at.desc(), projects.c.id.desc()).limit(limit)
+    if after is None:
+        rows = (await conn.execute(_FIRST_PROJECTS, {"limit": limit})).all()
+        return [ProjectRecord.from_row(row) for row in rows]
+    query = (
+        select(projects)
+        .where(older_than(projects.c.created_at, projects.c.id, after))
+        .order_by(projects.c.created_at.desc(), projects.c.id.desc())
+        .limit(limit)
+    )
     return [ProjectRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Text, delete, exists, insert, literal, select, update
+from sqlalchemy import Text, bindparam, delete, exists, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.db.models.tenant import tasks
 from app.db.repositories._keyset import older_than
-from app.db.session import Executor
+from app.db.session import Executor, prebuilt
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +49,17 @@ async def insert_task(conn: Executor, values: Mapping[str, Any]) -> TaskRecord:
     return TaskRecord.from_row(row)
 
 
+_GET_TASK = prebuilt(select(tasks).where(tasks.c.id == bindparam("task_id")))
+_FIRST_TASKS = prebuilt(
+    select(tasks)
+    .where(tasks.c.project_id == bindparam("project_id"))
+    .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
 async def get_task(conn: Executor, task_id: uuid.UUID) -> TaskRecord | None:
-    row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).one_or_none()
+    row = (await conn.execute(_GET_TASK, {"task_id": task_id})).one_or_none()
     return TaskRecord.from_row(row) if row else None
 
 
@@ -66,6 +75,9 @@ async def list_tasks(
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
 ) -> list[TaskRecord]:
+    if filters == TaskFilter() and after is None:  # a first page: the common case
+        rows = (await conn.execute(_FIRST_TASKS, {"project_id": project_id, "limit": limit})).all()
+        return [TaskRecord.from_row(row) for row in rows]
     query = select(tasks).where(tasks.c.project_id == project_id)
     if filters.status is not None:
         query = query.where(tasks.c.status == filters.status)
