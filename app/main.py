@@ -20,6 +20,7 @@ from app.core.middleware import RequestContextMiddleware
 from app.core.redis import build_redis
 from app.core.security import TokenVerifier
 from app.db.engine import build_engine
+from app.db.session import release_parked
 from app.services.cache import TenantCache
 from app.services.rate_limiter import TenantRateLimiter
 from app.services.tenants import TenantRegistry
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
+            await release_parked(app.state.engine)
             await app.state.engine.dispose()
 
     app = FastAPI(

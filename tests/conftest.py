@@ -30,6 +30,7 @@ from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.migrate import migrate_shared
 from app.db.repositories.tenants import TenantRecord
+from app.db.session import release_parked
 from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
@@ -221,6 +222,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     eng = build_engine(settings)
     await migrate_shared(eng)
     yield eng
+    await release_parked(eng)
     await eng.dispose()
 
 

@@ -11,14 +11,23 @@ round trip.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping, Sequence
+import asyncio
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 from asyncpg.exceptions import InvalidParameterValueError
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import ClauseElement
@@ -273,27 +282,132 @@ async def _checkin(engine: AsyncEngine, pooled: PoolProxiedConnection) -> None:
         await greenlet_spawn(pooled.close)
 
 
+# How long a read-only transaction may stay open, its connection parked, waiting for the
+# next request to carry its COMMIT; after that it is committed and goes back to the pool.
+# It holds only the read's ACCESS SHARE locks, so a migration or a tenant deletion waits
+# at most this long for it.
+PARK_SECONDS = 0.05
+
+
+@dataclass(slots=True)
+class _Parked:
+    pooled: PoolProxiedConnection
+    timer: asyncio.TimerHandle
+
+
+class _ParkingLot:
+    """Connections whose read-only transaction has done its work but is still open: the
+    next tenant_transaction takes one (newest first) and sends its COMMIT in the same round
+    trip as its own BEGIN and pin, so a cached read that misses costs two PostgreSQL round
+    trips instead of three, and no pool checkout. At most half the pool is parked, so
+    SQLAlchemy's own users (registry, admin) always find connections going round the pool.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.capacity = max(1, engine.sync_engine.pool.size() // 2)  # type: ignore[attr-defined]
+        self._parked: list[_Parked] = []
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    def take(self) -> PoolProxiedConnection | None:
+        while self._parked:
+            parked = self._parked.pop()
+            parked.timer.cancel()
+            if not _driver(parked.pooled).is_closed():
+                return parked.pooled
+            self._in_background(greenlet_spawn(parked.pooled.invalidate))
+        return None
+
+    def park(self, pooled: PoolProxiedConnection) -> bool:
+        if len(self._parked) >= self.capacity:
+            return False
+        timer = asyncio.get_running_loop().call_later(PARK_SECONDS, self._expire, pooled)
+        self._parked.append(_Parked(pooled, timer))
+        return True
+
+    async def aclose(self) -> None:
+        """Commit and return every parked connection (before the engine is disposed)."""
+        while self._parked:
+            parked = self._parked.pop()
+            parked.timer.cancel()
+            await self._finish(parked.pooled)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    def _expire(self, pooled: PoolProxiedConnection) -> None:
+        for index, parked in enumerate(self._parked):
+            if parked.pooled is pooled:
+                del self._parked[index]
+                self._in_background(self._finish(pooled))
+                return
+
+    async def _finish(self, pooled: PoolProxiedConnection) -> None:
+        try:
+            await _driver(pooled).execute("COMMIT", timeout=DEFAULT_TIMEOUT_SECONDS)
+        except Exception:
+            await greenlet_spawn(pooled.invalidate)
+        else:
+            await _checkin(self.engine, pooled)
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+
+_lots: WeakKeyDictionary[Engine, _ParkingLot] = WeakKeyDictionary()
+
+
+def _parking_lot(engine: AsyncEngine) -> _ParkingLot:
+    lot = _lots.get(engine.sync_engine)
+    if lot is None:
+        lot = _lots[engine.sync_engine] = _ParkingLot(engine)
+    return lot
+
+
+async def release_parked(engine: AsyncEngine) -> None:
+    """Commit the read-only transactions left open on `engine`'s parked connections and
+    return them to the pool; call it before disposing of the engine."""
+    lot = _lots.pop(engine.sync_engine, None)
+    if lot is not None:
+        await lot.aclose()
+
+
 @asynccontextmanager
 async def tenant_transaction(
-    engine: AsyncEngine, tenant: TenantSchema, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    engine: AsyncEngine,
+    tenant: TenantSchema,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    read_only: bool = False,
 ) -> AsyncIterator[TenantSession]:
     """The one way into a tenant's data on the request path: a pooled connection in one
     transaction, pinned to `tenant` before anything else runs. Commits when the block ends,
     rolls back when it raises. Every statement waits at most `timeout` seconds
     (DB_REQUEST_TIMEOUT_SECONDS), so a server that stops answering costs a 503, not a hang.
 
+    `read_only` (the cached reads' loads) makes it `BEGIN READ ONLY` (PostgreSQL refuses a
+    write in it) and lets its COMMIT wait, parked, for the next transaction's BEGIN
+    (_ParkingLot): nothing in it needs committing, and COMMIT ends the pin either way.
+
     A connection whose transaction could not be ended cleanly (cancelled mid-way, lost) is
     invalidated rather than returned to the pool, so it can never carry a tenant's pin into
     another request.
     """
-    pooled = await _checkout(engine)
+    lot = _parking_lot(engine)
+    pooled = lot.take()
+    owes_commit = pooled is not None
+    if pooled is None:
+        pooled = await _checkout(engine)
     raw = _driver(pooled)
-    clean = False
+    clean = parked = False
     try:
-        if raw.is_in_transaction():  # never inherit someone else's transaction
+        begin = begin_pinned_sql(tenant, read_only=read_only)
+        if owes_commit:
+            begin = "COMMIT; " + begin  # the parked read-only transaction ends here
+        elif raw.is_in_transaction():  # never inherit someone else's transaction
             await raw.execute("ROLLBACK", timeout=timeout)
         try:
-            await raw.execute(begin_pinned_sql(tenant), timeout=timeout)
+            await raw.execute(begin, timeout=timeout)
         except InvalidParameterValueError as exc:
             # The tenant's role is gone: deleted while this replica's registry entry
             # (at most about a second behind) still had it.
@@ -305,10 +419,14 @@ async def tenant_transaction(
             await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
             clean = True
             raise
-        await raw.execute("COMMIT", timeout=timeout)
+        parked = read_only and lot.park(pooled)
+        if not parked:
+            await raw.execute("COMMIT", timeout=timeout)
         clean = True
     finally:
-        if clean:
+        if parked:
+            pass  # the lot commits it: with the next BEGIN, or after PARK_SECONDS
+        elif clean:
             await _checkin(engine, pooled)
         else:
             await greenlet_spawn(pooled.invalidate)

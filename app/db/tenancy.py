@@ -81,9 +81,9 @@ def pin_sql(tenant: TenantSchema) -> str:
     )
 
 
-def begin_pinned_sql(tenant: TenantSchema) -> str:
+def begin_pinned_sql(tenant: TenantSchema, *, read_only: bool = False) -> str:
     """BEGIN and the pin, for one simple-protocol round trip."""
-    return "BEGIN; " + pin_sql(tenant)
+    return ("BEGIN READ ONLY; " if read_only else "BEGIN; ") + pin_sql(tenant)
 
 
 async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:

@@ -20,10 +20,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.db import session as session_module
 from app.db.repositories.tenants import TenantRecord
 from app.db.session import tenant_transaction
 from app.db.tenancy import TenantSchema
@@ -37,22 +38,21 @@ Headers = dict[str, str]
 
 
 @contextmanager
-def counting_pins(*apps: FastAPI) -> Iterator[list[str]]:
-    """Connections the apps take from their pools: every tenant transaction takes one (and
-    is pinned first thing), so a cached read must take none."""
+def counting_pins() -> Iterator[list[str]]:
+    """Tenant transactions begun: each is pinned first thing (one BEGIN and pin, whether on
+    a connection from the pool or on a parked one), so a cached read must begin none."""
     pins: list[str] = []
+    build = session_module.begin_pinned_sql
 
-    def record(*_args: Any) -> None:
-        pins.append("checkout")
+    def record(tenant: TenantSchema, *, read_only: bool = False) -> str:
+        pins.append(tenant.schema)
+        return build(tenant, read_only=read_only)
 
-    pools = [application.state.engine.sync_engine.pool for application in apps]
-    for pool in pools:
-        event.listen(pool, "checkout", record)
+    session_module.begin_pinned_sql = record
     try:
         yield pins
     finally:
-        for pool in pools:
-            event.remove(pool, "checkout", record)
+        session_module.begin_pinned_sql = build
 
 
 def location(tenant: TenantRecord) -> TenantSchema:
@@ -95,7 +95,7 @@ async def test_repeated_reads_are_hits_that_open_no_transaction(
     assert meter.delta() == {"hit": 0, "miss": len(urls), "error": 0}
 
     meter = CacheMeter()
-    with counting_pins(app) as pins:
+    with counting_pins() as pins:
         again = [await client.get(url, headers=headers) for url in urls]
     assert meter.delta() == {"hit": len(urls), "miss": 0, "error": 0}
     assert pins == []
@@ -148,7 +148,7 @@ async def test_if_none_match_answers_304_from_the_cached_etag(
     ):
         await client.get(url, headers=headers)
         meter = CacheMeter()
-        with counting_pins(app) as pins:
+        with counting_pins() as pins:
             response = await client.get(url, headers={**headers, "If-None-Match": tag})
             weak = await client.get(url, headers={**headers, "If-None-Match": f"W/{tag}, x"})
             other = await client.get(url, headers={**headers, "If-None-Match": '"other-1"'})
@@ -370,7 +370,7 @@ async def test_zero_ttl_reads_from_the_database_and_keeps_nothing_in_redis(
         project = await post_project(client, headers, name="a")
         url = f"/v1/projects/{project['id']}"
         meter = CacheMeter()
-        with counting_pins(app) as pins:
+        with counting_pins() as pins:
             for _ in range(2):
                 assert (await client.get(url, headers=headers)).json()["name"] == "a"
         assert len(pins) == 2

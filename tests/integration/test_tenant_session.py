@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 
 import pytest
@@ -15,7 +16,13 @@ from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.models.tenant import idempotency_keys, projects, tasks
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import prebuilt, tenant_transaction
+from app.db.session import (
+    PARK_SECONDS,
+    TenantSession,
+    prebuilt,
+    release_parked,
+    tenant_transaction,
+)
 from app.db.tenancy import TenantSchema, pin_tenant
 
 
@@ -206,5 +213,89 @@ async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
         assert pool.checkedin() == 1
         async with tenant_transaction(engine, loc(tenant)) as session:
             assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
+
+
+async def backend(session: TenantSession) -> tuple[int, str, bool]:
+    row = (
+        await session.execute(
+            text("SELECT pg_backend_pid(), current_user, current_setting('transaction_read_only')")
+        )
+    ).one()
+    return int(row[0]), str(row[1]), row[2] == "on"
+
+
+async def test_a_read_only_transaction_parks_and_the_next_begin_carries_its_commit(
+    one_connection: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+) -> None:
+    pool = one_connection.sync_engine.pool
+    try:
+        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+            first_pid, who, read_only = await backend(session)
+            assert (who, read_only) == (tenant.db_role, True)
+            with pytest.raises(Exception, match="read-only transaction"):
+                await session.execute(insert(projects).values(id=uuid.uuid4(), name="no"))
+        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+            first_xid = await session.scalar(text("SELECT txid_current()"))
+        assert pool.checkedout() == 1  # parked, its transaction still open, not in the pool
+        # The next transaction, another tenant's write, takes the parked connection: the old
+        # transaction is committed in its BEGIN's round trip and the new pin is in force.
+        async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+            pid, who, read_only = await backend(session)
+            assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
+            assert await session.scalar(text("SELECT txid_current()")) != first_xid
+            await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
+        assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
+
+        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+            await session.execute(select(projects.c.id))
+        assert pool.checkedout() == 1
+        await asyncio.sleep(PARK_SECONDS + 0.2)  # not taken: committed and returned
+        assert pool.checkedout() == 0
+        async with one_connection.connect() as conn:  # the pool's own users see a clean one
+            row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
+            assert row[0] == first_pid and row[1] != tenant.db_role
+    finally:
+        await release_parked(one_connection)
+
+
+async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
+    one_connection: AsyncEngine, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    try:
+        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+            await session.execute(select(projects.c.id))  # ACCESS SHARE on projects, held
+        started = time.monotonic()
+        async with engine.begin() as conn:
+            await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+            await conn.execute(text(f'ALTER TABLE "{tenant.schema}".projects ADD COLUMN x int'))
+        assert time.monotonic() - started < 2  # waited for the parked COMMIT, not forever
+    finally:
+        await release_parked(one_connection)
+
+
+async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
+    settings: Settings, tenant: TenantRecord
+) -> None:
+    engine = build_engine(settings.model_copy(update={"db_pool_size": 4, "db_max_overflow": 0}))
+    pool = engine.sync_engine.pool
+    try:
+        release = asyncio.Event()
+
+        async def read() -> None:
+            async with tenant_transaction(engine, loc(tenant), read_only=True) as session:
+                await session.execute(select(projects.c.id))
+                await release.wait()
+
+        readers = [asyncio.create_task(read()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        release.set()
+        await asyncio.gather(*readers)
+        assert pool.checkedout() == 2  # two parked, two back in the pool
+        await release_parked(engine)
+        assert pool.checkedout() == 0 and pool.checkedin() == 4
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar() is not None
     finally:
         await engine.dispose()

@@ -60,7 +60,7 @@ class TenantReader:
     async def read(self, read: CachedRead) -> CachedResponse:
         async def load_in_tenant_transaction() -> CachedResponse:
             async with tenant_transaction(
-                self.engine, self.tenant.location, timeout=self.timeout
+                self.engine, self.tenant.location, timeout=self.timeout, read_only=True
             ) as conn:
                 return await read.load(conn)
 
