@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     db_max_overflow: int = Field(default=10, ge=0, le=1000)
     db_pool_recycle_seconds: int = Field(default=600, ge=1)
+    # ... and retired once they have been pinned to this many tenant schemas.
+    db_max_schemas_per_connection: int = Field(default=500, ge=1)
     db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -9,6 +9,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.core.config import Settings
+from app.db.session import bound_schemas_per_connection
 
 
 def _unique_statement_name() -> str:
@@ -28,7 +29,7 @@ def build_engine(settings: Settings) -> AsyncEngine:
         # Behind PgBouncer in transaction mode server connections are shared: statement
         # names must never collide between clients (SQLAlchemy's documented recipe).
         connect_args["prepared_statement_name_func"] = _unique_statement_name
-    return create_async_engine(
+    engine = create_async_engine(
         settings.asyncpg_database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -38,6 +39,8 @@ def build_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=False,
         connect_args=connect_args,
     )
+    bound_schemas_per_connection(engine, settings.db_max_schemas_per_connection)
+    return engine
 
 
 async def connect_outside_pool(settings: Settings, application_name: str) -> asyncpg.Connection:

@@ -356,6 +356,26 @@ class _ParkingLot:
 
 _lots: WeakKeyDictionary[Engine, _ParkingLot] = WeakKeyDictionary()
 
+# Each PostgreSQL backend caches the catalog of every schema it has worked in (about 40 KiB
+# each) until it exits, so a pooled connection that serves every tenant in turn would grow
+# with the tenant count. Connections are retired once they have been pinned to this many
+# schemas (DB_MAX_SCHEMAS_PER_CONNECTION, set by build_engine); the pool opens new ones.
+DEFAULT_MAX_SCHEMAS_PER_CONNECTION = 500
+_SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
+_schema_bounds: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
+
+
+def bound_schemas_per_connection(engine: AsyncEngine, schemas: int) -> None:
+    _schema_bounds[engine.sync_engine] = schemas
+
+
+def _worn_out(engine: AsyncEngine, pooled: PoolProxiedConnection, schema: str) -> bool:
+    """Record that `pooled` was pinned to `schema`; True once it has seen too many."""
+    seen: set[str] = pooled.info.setdefault(_SCHEMAS_SEEN, set())
+    seen.add(schema)
+    bound = _schema_bounds.get(engine.sync_engine, DEFAULT_MAX_SCHEMAS_PER_CONNECTION)
+    return len(seen) > bound
+
 
 def _parking_lot(engine: AsyncEngine) -> _ParkingLot:
     lot = _lots.get(engine.sync_engine)
@@ -399,7 +419,7 @@ async def tenant_transaction(
     if pooled is None:
         pooled = await _checkout(engine)
     raw = _driver(pooled)
-    clean = parked = False
+    clean = parked = retire = False
     try:
         begin = begin_pinned_sql(tenant, read_only=read_only)
         if owes_commit:
@@ -412,6 +432,7 @@ async def tenant_transaction(
             # The tenant's role is gone: deleted while this replica's registry entry
             # (at most about a second behind) still had it.
             raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
+        retire = _worn_out(engine, pooled, tenant.schema)
         try:
             yield TenantSession(raw, statement_cache(engine), timeout)
         except BaseException:
@@ -419,14 +440,14 @@ async def tenant_transaction(
             await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
             clean = True
             raise
-        parked = read_only and lot.park(pooled)
+        parked = read_only and not retire and lot.park(pooled)
         if not parked:
             await raw.execute("COMMIT", timeout=timeout)
         clean = True
     finally:
         if parked:
             pass  # the lot commits it: with the next BEGIN, or after PARK_SECONDS
-        elif clean:
+        elif clean and not retire:
             await _checkin(engine, pooled)
-        else:
+        else:  # not ended cleanly, or retired: its backend (and catalog cache) goes away
             await greenlet_spawn(pooled.invalidate)

@@ -53,6 +53,8 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         assert section in text, section
     assert "QUICK" in text
     assert "| baseline: GET /v1/projects/{id}" in text
+    (memory,) = [line for line in text.splitlines() if "backend memory bounded" in line]
+    assert not memory.endswith("| not measured |"), memory  # read from /proc, not skipped
 
 
 def test_request_profile_writes_every_part(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -19,6 +20,7 @@ from app.db.repositories.tenants import TenantRecord
 from app.db.session import (
     PARK_SECONDS,
     TenantSession,
+    bound_schemas_per_connection,
     prebuilt,
     release_parked,
     tenant_transaction,
@@ -31,10 +33,24 @@ def loc(record: TenantRecord) -> TenantSchema:
 
 
 @pytest.fixture
-async def one_connection(settings: Settings) -> AsyncEngine:
-    engine = build_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    yield engine  # type: ignore[misc]
-    await engine.dispose()
+async def pool_of(settings: Settings) -> AsyncIterator[Callable[..., AsyncEngine]]:
+    """Engines with pools of a given size (and overflow), released and disposed afterwards."""
+    built: list[AsyncEngine] = []
+
+    def build(size: int, overflow: int = 0) -> AsyncEngine:
+        update = {"db_pool_size": size, "db_max_overflow": overflow}
+        built.append(build_engine(settings.model_copy(update=update)))
+        return built[-1]
+
+    yield build
+    for engine in built:
+        await release_parked(engine)
+        await engine.dispose()
+
+
+@pytest.fixture
+def one_connection(pool_of: Callable[..., AsyncEngine]) -> AsyncEngine:
+    return pool_of(1)
 
 
 async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: TenantRecord) -> None:
@@ -184,37 +200,34 @@ async def test_prebuilt_statements_answer_with_each_calls_values(
 
 
 async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
-    settings: Settings, tenant: TenantRecord
+    pool_of: Callable[..., AsyncEngine], tenant: TenantRecord
 ) -> None:
-    engine = build_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 2}))
+    engine = pool_of(1, overflow=2)
     pool = engine.sync_engine.pool
-    try:
-        backends = set()
-        for _ in range(3):  # one after another: the one pooled connection, every time
-            async with tenant_transaction(engine, loc(tenant)) as session:
-                backends.add(await session.scalar(text("SELECT pg_backend_pid()")))
-        assert len(backends) == 1 and pool.checkedout() == 0
-
-        started = asyncio.Event()
-
-        async def held() -> int:
-            async with tenant_transaction(engine, loc(tenant)) as session:
-                pid = await session.scalar(text("SELECT pg_backend_pid()"))
-                await started.wait()
-                return int(pid)
-
-        waiting = [asyncio.create_task(held()) for _ in range(3)]
-        await asyncio.sleep(0.5)
-        assert pool.checkedout() == 3  # two of them overflow
-        started.set()
-        assert len(set(await asyncio.gather(*waiting))) == 3
-        # The two overflow connections were closed on their way back; one stays pooled.
-        assert pool.checkedout() == 0 and pool.overflow() == 0  # none beyond pool_size
-        assert pool.checkedin() == 1
+    backends = set()
+    for _ in range(3):  # one after another: the one pooled connection, every time
         async with tenant_transaction(engine, loc(tenant)) as session:
-            assert await session.scalar(text("SELECT 1")) == 1
-    finally:
-        await engine.dispose()
+            backends.add(await session.scalar(text("SELECT pg_backend_pid()")))
+    assert len(backends) == 1 and pool.checkedout() == 0
+
+    started = asyncio.Event()
+
+    async def held() -> int:
+        async with tenant_transaction(engine, loc(tenant)) as session:
+            pid = await session.scalar(text("SELECT pg_backend_pid()"))
+            await started.wait()
+            return int(pid)
+
+    waiting = [asyncio.create_task(held()) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    assert pool.checkedout() == 3  # two of them overflow
+    started.set()
+    assert len(set(await asyncio.gather(*waiting))) == 3
+    # The two overflow connections were closed on their way back; one stays pooled.
+    assert pool.checkedout() == 0 and pool.overflow() == 0  # none beyond pool_size
+    assert pool.checkedin() == 1
+    async with tenant_transaction(engine, loc(tenant)) as session:
+        assert await session.scalar(text("SELECT 1")) == 1
 
 
 async def backend(session: TenantSession) -> tuple[int, str, bool]:
@@ -230,72 +243,84 @@ async def test_a_read_only_transaction_parks_and_the_next_begin_carries_its_comm
     one_connection: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
 ) -> None:
     pool = one_connection.sync_engine.pool
-    try:
-        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
-            first_pid, who, read_only = await backend(session)
-            assert (who, read_only) == (tenant.db_role, True)
-            with pytest.raises(Exception, match="read-only transaction"):
-                await session.execute(insert(projects).values(id=uuid.uuid4(), name="no"))
-        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
-            first_xid = await session.scalar(text("SELECT txid_current()"))
-        assert pool.checkedout() == 1  # parked, its transaction still open, not in the pool
-        # The next transaction, another tenant's write, takes the parked connection: the old
-        # transaction is committed in its BEGIN's round trip and the new pin is in force.
-        async with tenant_transaction(one_connection, loc(other_tenant)) as session:
-            pid, who, read_only = await backend(session)
-            assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
-            assert await session.scalar(text("SELECT txid_current()")) != first_xid
-            await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
-        assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
+    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+        first_pid, who, read_only = await backend(session)
+        assert (who, read_only) == (tenant.db_role, True)
+        with pytest.raises(Exception, match="read-only transaction"):
+            await session.execute(insert(projects).values(id=uuid.uuid4(), name="no"))
+    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+        first_xid = await session.scalar(text("SELECT txid_current()"))
+    assert pool.checkedout() == 1  # parked, its transaction still open, not in the pool
+    # The next transaction, another tenant's write, takes the parked connection: the old
+    # transaction is committed in its BEGIN's round trip and the new pin is in force.
+    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+        pid, who, read_only = await backend(session)
+        assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
+        assert await session.scalar(text("SELECT txid_current()")) != first_xid
+        await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
+    assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
 
-        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
-            await session.execute(select(projects.c.id))
-        assert pool.checkedout() == 1
-        await asyncio.sleep(PARK_SECONDS + 0.2)  # not taken: committed and returned
-        assert pool.checkedout() == 0
-        async with one_connection.connect() as conn:  # the pool's own users see a clean one
-            row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
-            assert row[0] == first_pid and row[1] != tenant.db_role
-    finally:
-        await release_parked(one_connection)
+    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+        await session.execute(select(projects.c.id))
+    assert pool.checkedout() == 1
+    await asyncio.sleep(PARK_SECONDS + 0.2)  # not taken: committed and returned
+    assert pool.checkedout() == 0
+    async with one_connection.connect() as conn:  # the pool's own users see a clean one
+        row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
+        assert row[0] == first_pid and row[1] != tenant.db_role
 
 
 async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
     one_connection: AsyncEngine, engine: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    try:
-        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
-            await session.execute(select(projects.c.id))  # ACCESS SHARE on projects, held
-        started = time.monotonic()
-        async with engine.begin() as conn:
-            await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-            await conn.execute(text(f'ALTER TABLE "{tenant.schema}".projects ADD COLUMN x int'))
-        assert time.monotonic() - started < 2  # waited for the parked COMMIT, not forever
-    finally:
-        await release_parked(one_connection)
+    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+        await session.execute(select(projects.c.id))  # ACCESS SHARE on projects, held
+    started = time.monotonic()
+    async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        await conn.execute(text(f'ALTER TABLE "{tenant.schema}".projects ADD COLUMN x int'))
+    assert time.monotonic() - started < 2  # waited for the parked COMMIT, not forever
 
 
 async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
-    settings: Settings, tenant: TenantRecord
+    pool_of: Callable[..., AsyncEngine], tenant: TenantRecord
 ) -> None:
-    engine = build_engine(settings.model_copy(update={"db_pool_size": 4, "db_max_overflow": 0}))
+    engine = pool_of(4)
     pool = engine.sync_engine.pool
-    try:
-        release = asyncio.Event()
+    release = asyncio.Event()
 
-        async def read() -> None:
-            async with tenant_transaction(engine, loc(tenant), read_only=True) as session:
-                await session.execute(select(projects.c.id))
-                await release.wait()
+    async def read() -> None:
+        async with tenant_transaction(engine, loc(tenant), read_only=True) as session:
+            await session.execute(select(projects.c.id))
+            await release.wait()
 
-        readers = [asyncio.create_task(read()) for _ in range(4)]
-        await asyncio.sleep(0.3)
-        release.set()
-        await asyncio.gather(*readers)
-        assert pool.checkedout() == 2  # two parked, two back in the pool
-        await release_parked(engine)
-        assert pool.checkedout() == 0 and pool.checkedin() == 4
-        async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT 1"))).scalar() is not None
-    finally:
-        await engine.dispose()
+    readers = [asyncio.create_task(read()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    release.set()
+    await asyncio.gather(*readers)
+    assert pool.checkedout() == 2  # two parked, two back in the pool
+    await release_parked(engine)
+    assert pool.checkedout() == 0 and pool.checkedin() == 4
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 1"))).scalar() is not None
+
+
+async def test_a_connection_is_retired_once_it_has_served_too_many_schemas(
+    one_connection: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+) -> None:
+    bound_schemas_per_connection(one_connection, 1)
+    pool = one_connection.sync_engine.pool
+    pids = []
+    for who, read_only in ((tenant, False), (tenant, True), (other_tenant, True)):
+        async with tenant_transaction(one_connection, loc(who), read_only=read_only) as session:
+            pids.append(await session.scalar(text("SELECT pg_backend_pid()")))
+    # The second schema retired the connection after its transaction, instead of parking it.
+    assert pids[0] == pids[1] == pids[2] and pool.checkedout() == 0
+    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+        assert await session.scalar(text("SELECT pg_backend_pid()")) != pids[0]
+        assert await session.scalar(text("SELECT current_user")) == other_tenant.db_role
+    # The new backend starts its own count: one schema, so it stays.
+    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+        last = await session.scalar(text("SELECT pg_backend_pid()"))
+    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+        assert await session.scalar(text("SELECT pg_backend_pid()")) == last
