@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -15,6 +17,8 @@ from app.core.config import Settings
 from app.core.resp import RespClient
 
 logger = logging.getLogger("tessera.redis")
+
+T = TypeVar("T")
 
 RedisClient = RespClient | Redis | RedisCluster
 
@@ -41,6 +45,24 @@ def _redis_py_options(timeout: float) -> dict[str, Any]:
         "health_check_interval": 0,
         "decode_responses": False,
     }
+
+
+def own_timeout(redis: Any, timeout: float) -> float | None:
+    """The timeout a caller must put around each call to `redis`, or None when the client
+    already fails every request that waits longer (the thin client, whose reply_timeout is
+    no longer than `timeout`): asyncio.timeout costs about 20 µs a call here, a third of
+    the call itself."""
+    if isinstance(redis, RespClient) and redis.reply_timeout <= timeout:
+        return None
+    return timeout
+
+
+async def within(timeout: float | None, call: Awaitable[T]) -> T:
+    """Await `call`, bounded by `timeout` unless it is None (see own_timeout)."""
+    if timeout is None:
+        return await call
+    async with asyncio.timeout(timeout):
+        return await call
 
 
 # What a Redis outage looks like from either client (the thin one raises redis-py's

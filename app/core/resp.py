@@ -80,17 +80,19 @@ class RespConnection(asyncio.Protocol):
     """One TCP connection: requests are written at once, replies resolve futures in order.
 
     A future whose caller gave up (cancelled by a timeout) stays in the queue, so its reply,
-    when it comes, is discarded rather than handed to the next caller. A connection that
-    has requests outstanding and receives nothing for `reply_timeout` seconds is taken to
-    be hung and closed: every request on it fails with TimeoutError and the client opens a
-    new one for the next command.
+    when it comes, is discarded rather than handed to the next caller. Every request fails
+    with TimeoutError once `reply_timeout` seconds have passed without its reply, so callers
+    need no timer of their own (one timer per connection serves them all). A connection
+    that has requests outstanding and receives nothing for `reply_timeout` seconds is taken
+    to be hung and closed: every request on it fails with TimeoutError and the client opens
+    a new one for the next command.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout: float) -> None:
         self._loop = loop
         self._reply_timeout = reply_timeout
         self._reader = hiredis.Reader(replyError=reply_error, notEnoughData=_INCOMPLETE)
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[Any], float]] = deque()  # and deadline
         self._transport: asyncio.Transport | None = None
         self._last_progress = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -124,9 +126,9 @@ class RespConnection(asyncio.Protocol):
             if not waiters:
                 self._abort(RedisConnectionError("Redis sent a reply nobody asked for"))
                 return
-            future = waiters.popleft()
+            future, _ = waiters.popleft()
             if future.done():
-                continue  # its caller gave up: the reply is dropped, the order kept
+                continue  # its caller gave up, or it timed out: dropped, the order kept
             if isinstance(reply, RedisError):
                 future.set_exception(reply)
             else:
@@ -146,11 +148,12 @@ class RespConnection(asyncio.Protocol):
         if self.closed:  # closed while its caller waited for the connect
             future.set_exception(RedisConnectionError("Connection to Redis closed"))
             return future
+        now = self._loop.time()
         if not self._waiters:
-            self._last_progress = self._loop.time()
+            self._last_progress = now
             if self._watchdog is None:
                 self._watchdog = self._loop.call_later(self._reply_timeout, self._check_progress)
-        self._waiters.append(future)
+        self._waiters.append((future, now + self._reply_timeout))
         assert self._transport is not None
         self._transport.write(payload)
         return future
@@ -176,7 +179,7 @@ class RespConnection(asyncio.Protocol):
             self._watchdog = None
         waiters = self._waiters
         while waiters:
-            future = waiters.popleft()
+            future, _ = waiters.popleft()
             if not future.done():
                 future.set_exception(error_class(message))
 
@@ -186,13 +189,26 @@ class RespConnection(asyncio.Protocol):
         self._watchdog = None
         if self.closed or not self._waiters:
             return
-        silent = self._loop.time() - self._last_progress
+        now = self._loop.time()
+        silent = now - self._last_progress
         if silent >= self._reply_timeout:
             self._abort(
                 RedisTimeoutError(f"Redis sent nothing for {silent:.2f} s; connection closed")
             )
             return
-        self._watchdog = self._loop.call_later(self._reply_timeout - silent, self._check_progress)
+        # The server answers, but late: requests past their deadline fail now, and their
+        # replies are dropped when they come. Deadlines grow along the queue.
+        next_check = self._reply_timeout - silent
+        for future, deadline in self._waiters:
+            if future.done():
+                continue
+            if deadline > now:
+                next_check = min(next_check, deadline - now)
+                break
+            future.set_exception(
+                RedisTimeoutError(f"Redis did not answer within {self._reply_timeout:.2f} s")
+            )
+        self._watchdog = self._loop.call_later(next_check, self._check_progress)
 
 
 class Script:

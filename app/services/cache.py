@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog
+from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
 from app.services.rate_limiter import COUNT_REQUEST_LUA, Count
 
 logger = logging.getLogger("tessera.cache")
@@ -243,6 +243,7 @@ class TenantCache:
         self._store_if_current = redis.register_script(_STORE_LUA)
         self._invalidate = redis.register_script(_INVALIDATE_LUA)
         self._counted = redis.register_script(_COUNTED_LUA)
+        self._own_timeout = own_timeout(redis, timeout_seconds)
         # In-process single flight: concurrent misses on one entry share one load. Across
         # replicas an entry may be computed more than once, which is harmless.
         self._flights: dict[str, asyncio.Future[CachedResponse]] = {}
@@ -272,8 +273,7 @@ class TenantCache:
             keys += [gen_key, ver_key]
             args += lookup_args
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                reply = await self._counted(keys=keys, args=args)
+            reply = await within(self._own_timeout, self._counted(keys=keys, args=args))
         except REDIS_UNAVAILABLE_ERRORS as exc:
             return Prefetched(count, key, error=exc)
         if len(reply) == 1:  # refused, or not asked to: nothing was looked up
@@ -418,10 +418,12 @@ class TenantCache:
 
     async def _store(self, lookup: _Lookup, response: CachedResponse) -> None:
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                await self._store_if_current(
+            await within(
+                self._own_timeout,
+                self._store_if_current(
                     keys=[lookup.generation_key, lookup.version_key, lookup.entry_key],
                     args=[lookup.generation, lookup.version, response.encode(), self.ttl_ms],
-                )
+                ),
+            )
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)

@@ -9,7 +9,6 @@ synchronously from inside the event loop and lets a Redis outage raise into ever
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -21,7 +20,7 @@ from typing import Any
 from limits import RateLimitItem, parse_many
 
 from app.core.errors import RateLimited, ServiceUnavailable
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog
+from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
 
 logger = logging.getLogger("tessera.rate_limit")
 
@@ -183,6 +182,7 @@ class TenantRateLimiter:
         self.on_rejection = on_rejection
         self.outages = RedisOutageLog("rate_limiter", interval_seconds=outage_log_interval_seconds)
         self._script = redis.register_script(_FIXED_WINDOWS_LUA)
+        self._own_timeout = own_timeout(redis, timeout_seconds)
 
     def windows_for(self, limit: str | None) -> tuple[Window, ...]:
         if limit:
@@ -213,8 +213,7 @@ class TenantRateLimiter:
         """
         count = self.count_for(tenant_slug, limit)
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                raw = await self._script(keys=count.keys, args=count.args)
+            raw = await within(self._own_timeout, self._script(keys=count.keys, args=count.args))
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.unavailable(exc)
             return None

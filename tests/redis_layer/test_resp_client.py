@@ -4,10 +4,12 @@ gives them, pipelining, scripts, outages, timeouts, AUTH and databases, closing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -21,7 +23,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, build_redis
+from app.core.redis import REDIS_UNAVAILABLE_ERRORS, build_redis, own_timeout
 from app.core.resp import RespClient
 from tests.redis_layer.redis_servers import REDIS_URL, RedisProcess, redis_settings, start_redis
 from tests.servers import Proxy
@@ -171,6 +173,17 @@ def command_calls(server: RedisProcess) -> dict[str, int]:
     return {name: int(count) for name, count in calls.items()}
 
 
+async def test_callers_add_no_timer_of_their_own_where_the_client_bounds_each_request() -> None:
+    thin = client_for(REDIS_URL, reply_timeout=0.25)
+    assert own_timeout(thin, 0.25) is None  # its requests fail after 0.25 s by themselves
+    assert own_timeout(thin, 0.1) == 0.1  # a caller in more of a hurry keeps its own
+    redis_py = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert own_timeout(redis_py, 0.25) == 0.25
+    finally:
+        await redis_py.aclose()
+
+
 async def test_a_flushed_script_is_sent_again_once_then_run_by_sha(
     private_redis: RedisProcess,
 ) -> None:
@@ -306,6 +319,72 @@ async def test_a_server_that_stops_answering_is_given_up_after_the_reply_timeout
     finally:
         private_redis.thaw()
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def trickling(url: str, *, every: float, size: int) -> AsyncIterator[str]:
+    """A proxy to the Redis at `url` that passes its replies on `size` bytes every `every`
+    seconds: a server that keeps answering, slowly. Yields the proxy's URL."""
+    target = urlsplit(url)
+    links: list[asyncio.Task[None]] = []
+    streams: list[asyncio.StreamWriter] = []
+
+    async def pass_on(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunk: int | None
+    ) -> None:
+        while data := await reader.read(65536):
+            for offset in range(0, len(data), chunk or len(data)):
+                if chunk is not None:
+                    await asyncio.sleep(every)
+                writer.write(data[offset : offset + (chunk or len(data))])
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        streams.extend((writer, up_writer))
+        requests = asyncio.create_task(pass_on(reader, up_writer, None))
+        replies = asyncio.create_task(pass_on(up_reader, writer, size))
+        links.extend((requests, replies))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}{target.path}"
+    finally:
+        server.close()
+        for link in links:
+            link.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
+        for stream in streams:
+            stream.close()
+            with contextlib.suppress(OSError):
+                await stream.wait_closed()
+        await server.wait_closed()
+
+
+async def test_each_request_fails_once_its_reply_is_late_while_the_server_still_answers() -> None:
+    # Each ECHO reply is 8 bytes ("$2\r\nr0\r\n"), passed on 2 bytes every 50 ms: bytes arrive
+    # all the time, and the replies of five requests sent together complete 0.2, 0.4, ...
+    # 1.0 s after them. With a 0.5 s reply timeout the first two are answered, the other
+    # three fail at their deadline, and the connection stays.
+    async with trickling(REDIS_URL, every=0.05, size=2) as url:
+        client = client_for(url, reply_timeout=0.5)
+        try:
+            assert await client.execute("PING") == b"PONG"
+            started = time.monotonic()
+            replies = await asyncio.gather(
+                *(client.execute("ECHO", f"r{index}") for index in range(5)),
+                return_exceptions=True,
+            )
+            assert replies[:2] == [b"r0", b"r1"]
+            assert all(isinstance(reply, RedisTimeoutError) for reply in replies[2:]), replies
+            assert time.monotonic() - started < 0.8  # at their deadline, not at their reply
+            # Their replies are dropped when they come (the last by about 1.0 s); the
+            # connection is still in step.
+            await asyncio.sleep(0.4)
+            assert await client.execute("ECHO", "after") == b"after"
+            assert client._connection is not None and not client._connection.closed  # noqa: SLF001
+        finally:
+            await client.aclose()
 
 
 async def test_a_connect_whose_handshake_hangs_times_out(private_redis: RedisProcess) -> None:
