@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -108,15 +109,15 @@ async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
 
 
 async def paired(
-    a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], rounds: int = 6
-) -> tuple[float, float]:
-    """CPU per call of `a` and of `b`, measured in alternating rounds, the best round of
-    each: a difference of two noisy figures needs both taken under the same conditions."""
-    best_a = best_b = float("inf")
+    a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], rounds: int = 10
+) -> float:
+    """CPU per call of `a` minus that of `b`: the median over rounds in which each is
+    measured right after the other, so that a machine whose speed drifts (this VM's does)
+    weighs on both sides of each difference alike."""
+    differences = []
     for _ in range(rounds):
-        best_a = min(best_a, await cpu_per_call(a, N // 2))
-        best_b = min(best_b, await cpu_per_call(b, N // 2))
-    return best_a, best_b
+        differences.append(await cpu_per_call(a, N // 4) - await cpu_per_call(b, N // 4))
+    return statistics.median(differences)
 
 
 async def function_profile(what: str, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -233,9 +234,9 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
         limiter.check = no_limit
         return await call(app, "/v1/tenant", token)
 
-    with_limit, without_limit = await paired(limited, unlimited)
+    limit_cost = await paired(limited, unlimited)
     limiter.check = original
-    rows.append(("rate limit (one Redis round trip)", with_limit - without_limit))
+    rows.append(("rate limit (one Redis round trip)", limit_cost))
 
     verifier = app.state.token_verifier
     rows.append(
@@ -268,10 +269,8 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     await cold.__aexit__(None, None, None)
 
     bare_app, bare = await with_app(settings, strip_metrics=True)
-    measured, unmeasured = await paired(
-        lambda: call(app, read, token), lambda: call(bare_app, read, token)
-    )
-    rows.append(("metrics (HTTP instrumentation)", measured - unmeasured))
+    metrics_cost = await paired(lambda: call(app, read, token), lambda: call(bare_app, read, token))
+    rows.append(("metrics (HTTP instrumentation)", metrics_cost))
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -292,7 +291,7 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     rows.append(
         (
             "tenant pin (BEGIN + pin in one round trip, vs BEGIN alone)",
-            await cpu_per_call(pinned) - await cpu_per_call(unpinned),
+            await paired(pinned, unpinned),
         )
     )
     await conn.close()
@@ -307,7 +306,8 @@ def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs. In-process, sequential: "
         "CPU microseconds this process spends per request (PostgreSQL's and Redis's own time "
         "is not included). Rows that are differences (rate limit, metrics, pin) come from "
-        "the same request measured with and without the part.",
+        "the same request measured with and without the part: the median difference over "
+        "ten rounds that alternate the two.",
         "",
         "| part | µs CPU | issue 8 budget | verdict |",
         "| --- | ---: | ---: | --- |",
