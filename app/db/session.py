@@ -306,6 +306,8 @@ class _ParkingLot:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.capacity = max(1, engine.sync_engine.pool.size() // 2)  # type: ignore[attr-defined]
+        # Also where the engine's tenant transactions find their other per-engine setting.
+        self.max_schemas = DEFAULT_MAX_SCHEMAS_PER_CONNECTION
         self._parked: list[_Parked] = []
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -362,19 +364,17 @@ _lots: WeakKeyDictionary[Engine, _ParkingLot] = WeakKeyDictionary()
 # schemas (DB_MAX_SCHEMAS_PER_CONNECTION, set by build_engine); the pool opens new ones.
 DEFAULT_MAX_SCHEMAS_PER_CONNECTION = 500
 _SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
-_schema_bounds: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
 
 
 def bound_schemas_per_connection(engine: AsyncEngine, schemas: int) -> None:
-    _schema_bounds[engine.sync_engine] = schemas
+    _parking_lot(engine).max_schemas = schemas
 
 
-def _worn_out(engine: AsyncEngine, pooled: PoolProxiedConnection, schema: str) -> bool:
+def _worn_out(lot: _ParkingLot, pooled: PoolProxiedConnection, schema: str) -> bool:
     """Record that `pooled` was pinned to `schema`; True once it has seen too many."""
     seen: set[str] = pooled.info.setdefault(_SCHEMAS_SEEN, set())
     seen.add(schema)
-    bound = _schema_bounds.get(engine.sync_engine, DEFAULT_MAX_SCHEMAS_PER_CONNECTION)
-    return len(seen) > bound
+    return len(seen) > lot.max_schemas
 
 
 def _parking_lot(engine: AsyncEngine) -> _ParkingLot:
@@ -387,7 +387,7 @@ def _parking_lot(engine: AsyncEngine) -> _ParkingLot:
 async def release_parked(engine: AsyncEngine) -> None:
     """Commit the read-only transactions left open on `engine`'s parked connections and
     return them to the pool; call it before disposing of the engine."""
-    lot = _lots.pop(engine.sync_engine, None)
+    lot = _lots.get(engine.sync_engine)
     if lot is not None:
         await lot.aclose()
 
@@ -432,7 +432,7 @@ async def tenant_transaction(
             # The tenant's role is gone: deleted while this replica's registry entry
             # (at most about a second behind) still had it.
             raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
-        retire = _worn_out(engine, pooled, tenant.schema)
+        retire = _worn_out(lot, pooled, tenant.schema)
         try:
             yield TenantSession(raw, statement_cache(engine), timeout)
         except BaseException:
