@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -403,7 +404,7 @@ async def backend_memory_mib(url: str) -> float:
         "SELECT pid FROM pg_stat_activity "
         "WHERE datname = current_database() AND application_name = 'tessera'",
     )
-    largest = float("nan")
+    sizes = []
     for (pid,) in pids:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
@@ -414,8 +415,8 @@ async def backend_memory_mib(url: str) -> float:
             for line in rollup.splitlines()
             if line.startswith(("Private_Clean:", "Private_Dirty:"))
         )
-        largest = kib / 1024 if largest != largest else max(largest, kib / 1024)
-    return largest
+        sizes.append(kib / 1024)
+    return max(sizes, default=float("nan"))
 
 
 async def sql_rows(url: str, query: str) -> list[tuple[object, ...]]:
@@ -927,7 +928,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             f"{scaled[-1][0]} tenants ≤ the {scaled[0][0]}-tenant figure + "
             f"{MAX_SCHEMAS} schemas × 40 KiB",
             f"{backend_mib[-1]:.1f} MiB (ceiling {ceiling:.1f})",
-            None if backend_mib[-1] != backend_mib[-1] else backend_mib[-1] <= ceiling,
+            None if math.isnan(backend_mib[-1]) else backend_mib[-1] <= ceiling,
         )
         (lo, r_lo, m_lo), (hi, r_hi, m_hi) = scaled[0], scaled[-1]
         label = f"{hi} vs {lo} tenants"

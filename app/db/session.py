@@ -34,6 +34,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
+from app.core.config import Settings
 from app.core.errors import TenantNotFoundForToken
 from app.db.tenancy import TenantSchema, begin_pinned_sql
 
@@ -362,7 +363,9 @@ _lots: WeakKeyDictionary[Engine, _ParkingLot] = WeakKeyDictionary()
 # each) until it exits, so a pooled connection that serves every tenant in turn would grow
 # with the tenant count. Connections are retired once they have been pinned to this many
 # schemas (DB_MAX_SCHEMAS_PER_CONNECTION, set by build_engine); the pool opens new ones.
-DEFAULT_MAX_SCHEMAS_PER_CONNECTION = 500
+DEFAULT_MAX_SCHEMAS_PER_CONNECTION: int = Settings.model_fields[
+    "db_max_schemas_per_connection"
+].default
 _SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
 
 
