@@ -387,22 +387,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 async def sql_value(url: str, query: str) -> object:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval(query)
-    finally:
-        await conn.close()
+    rows = await sql_rows(url, query)
+    return rows[0][0] if rows else None
 
 
-async def backend_memory_mib(url: str) -> float:
-    """Private memory (MiB) of the largest PostgreSQL backend serving a Tessera pool on the
-    database of `url` (`application_name` tessera; the registry's own connections are named
-    otherwise), read from /proc: where each backend's catalog cache lives. NaN when /proc
-    cannot be read (PostgreSQL on another host, or not readable by this user)."""
+async def backend_memory_mib(url: str, since: dt.datetime) -> float:
+    """Private memory (MiB) of the largest PostgreSQL backend that a Tessera pool opened on
+    the database of `url` since `since` (`application_name` tessera; the registry's own
+    connections are named otherwise, and the bench's own engine, which provisioned the
+    fleet and holds the catalog of every schema its DDL touched, connected before), read
+    from /proc: where each backend's catalog cache lives. NaN when /proc cannot be read
+    (PostgreSQL on another host, or not readable by this user)."""
     pids = await sql_rows(
         url,
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = 'tessera'",
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'tessera' AND backend_start >= $1",
+        since,
     )
     sizes = []
     for (pid,) in pids:
@@ -419,10 +419,10 @@ async def backend_memory_mib(url: str) -> float:
     return max(sizes, default=float("nan"))
 
 
-async def sql_rows(url: str, query: str) -> list[tuple[object, ...]]:
+async def sql_rows(url: str, query: str, *args: object) -> list[tuple[object, ...]]:
     conn = await asyncpg.connect(url)
     try:
-        return [tuple(row) for row in await conn.fetch(query)]
+        return [tuple(row) for row in await conn.fetch(query, *args)]
     finally:
         await conn.close()
 
@@ -891,10 +891,11 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         # The same spread with the cache off: every read reaches PostgreSQL, whose backends
         # load each schema's catalog entries the first time they touch it. No target: it
         # says what the cache is saving at this tenant count.
-        # The first Tessera provisioned the tenants through the admin API; its backends hold
-        # the catalog of every schema that DDL touched. Only the pool serving the spread
-        # below is measured, so that one goes first.
+        # The first Tessera provisioned tenants through the admin API, and the bench's own
+        # engine the fleet: their backends hold the catalog of every schema that DDL
+        # touched. Only the backends the server below opens are measured.
         tessera.stop()
+        nocache_since = dt.datetime.now(dt.UTC)
         nocache, nocache_url = start_tessera("tessera-nocache-scaling", CACHE_TTL_SECONDS="0")
         report.add(
             "",
@@ -916,7 +917,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             if failed:
                 raise RuntimeError(f"warm-up over {level} tenants: {failed} answers not 200")
             result = run_wrk(nocache_url, spread, tmp, **wrk_kw)
-            backend_mib.append(await backend_memory_mib(db_url))
+            backend_mib.append(await backend_memory_mib(db_url, nocache_since))
             report.add(result.row(str(level), f" {backend_mib[-1]:.1f} |"))
         nocache.stop()
         # Bounded: the largest backend holds at most the bound's worth of schemas more than
