@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     auth_leeway_seconds: int = Field(default=30, ge=0, le=3600)
     auth_jwks_timeout_seconds: float = Field(default=3.0, gt=0)
     auth_jwks_refresh_cooldown_seconds: float = Field(default=30.0, ge=0)
+    # Verified tokens a replica remembers until they expire (least recently used out first):
+    # size it to the tokens in use at once, or each one past it pays the signature again.
+    auth_token_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
 
     rate_limit_default: str = "600/minute"
     rate_limit_fail_open: bool = True

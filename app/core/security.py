@@ -31,8 +31,6 @@ logger = logging.getLogger("tessera.auth")
 MAX_TOKEN_BYTES = 8 * 1024
 # Discovery and JWKS documents are small; a cap keeps a hostile endpoint from filling memory.
 MAX_DOCUMENT_BYTES = 512 * 1024
-# Verified tokens remembered (by their exact text) until they expire.
-TOKEN_CACHE_SIZE = 10_000
 # Keys are re-read this often even without an unknown kid, so a key the issuer withdrew stops
 # working within minutes rather than at the next restart.
 JWKS_MAX_AGE_SECONDS = 600.0
@@ -217,7 +215,9 @@ class TokenVerifier:
         )
         # token -> (claims, kid, key): a remembered token stays valid only while the key that
         # verified it is still the one the issuer publishes under its kid.
+        # Remembered by their exact text until they expire, at most AUTH_TOKEN_CACHE_SIZE.
         self._cache: OrderedDict[str, tuple[Claims, str | None, Key]] = OrderedDict()
+        self._cache_size = settings.auth_token_cache_size
 
     async def verify(self, token: str) -> Claims:
         """The claims of `token`, or InvalidToken / AuthUnavailable."""
@@ -301,8 +301,10 @@ class TokenVerifier:
         return claims
 
     def _cache_put(self, token: str, entry: tuple[Claims, str | None, Key]) -> None:
+        if self._cache_size == 0:
+            return
         self._cache[token] = entry
-        if len(self._cache) > TOKEN_CACHE_SIZE:
+        if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
 

@@ -64,6 +64,7 @@ def test_production_refuses_the_dev_issuer() -> None:
         ("RATE_LIMIT_DEFAULT", "lots"),
         ("AUTH_ALGORITHMS", "none"),
         ("METRICS_MAX_TENANTS", "-1"),
+        ("AUTH_TOKEN_CACHE_SIZE", "-1"),
         ("LOG_FORMAT", "xml"),
     ],
 )
