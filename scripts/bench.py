@@ -56,6 +56,8 @@ TESSERA_APP = os.environ.get("BENCH_TESSERA_APP", "app.main:app")
 # The servers run with the default.
 MAX_SCHEMAS: int = Settings.model_fields["db_max_schemas_per_connection"].default
 READ_ROUTE = "/v1/projects/{project_id}"
+# One schema holding every fleet tenant's project: the baseline's side of the scaling scenario.
+FLOOR_SCHEMA = "bench_floor"
 TASKS_ROUTE = "/v1/projects/{project_id}/tasks"
 
 
@@ -100,12 +102,44 @@ TABLE_HEAD_RATIO = (
 
 
 @dataclass
+class ScalingChart:
+    levels: list[int]
+    series: dict[str, list[WrkResult]]  # one result per level
+
+    def draw(self, path: Path) -> None:
+        """Requests/s and p99 against the tenant count, one line per series (PNG)."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # no screen
+        from matplotlib import pyplot
+
+        figure, (rps_axes, p99_axes) = pyplot.subplots(1, 2, figsize=(11, 4.2))
+        for label, results in self.series.items():
+            rps_axes.plot(self.levels, [r.rps for r in results], marker="o", label=label)
+            p99_axes.plot(self.levels, [r.p99_ms for r in results], marker="o", label=label)
+        for axes, title in ((rps_axes, "requests/s"), (p99_axes, "p99 latency, ms")):
+            axes.set_xscale("log")
+            axes.set_xticks(self.levels, [f"{level:,}" for level in self.levels])
+            axes.set_xlabel("tenants the reads are spread over")
+            axes.set_title(title)
+            axes.set_ylim(bottom=0)
+            axes.grid(True, alpha=0.3)
+        rps_axes.legend(fontsize="small")
+        figure.suptitle("GET /v1/projects/{id}: Tessera beside the bare FastAPI + asyncpg read")
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        pyplot.close(figure)
+
+
+@dataclass
 class Report:
     mode: Mode
     command: str
     lines: list[str] = field(default_factory=list)
     targets: list[tuple[str, str, str]] = field(default_factory=list)  # target, measured, verdict
     skipped: list[str] = field(default_factory=list)
+    chart_name: str = "benchmarks-scaling.png"  # drawn next to the page, from `chart`
+    chart: ScalingChart | None = None
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -510,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "uv run python scripts/bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    report = Report(mode=mode, command=command)
+    report = Report(mode=mode, command=command, chart_name=f"{args.output.stem}-scaling.png")
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         asyncio.run(run(report, Path(tmp)))
         if mode.name == "full":
@@ -757,6 +791,15 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             await conn.execute(
                 f'INSERT INTO "{schema}".projects (id, name) VALUES ($1, $2)', uuid.UUID(pid), slug
             )
+        # The baseline's side of the scaling scenario: the same rows, all in one schema.
+        await conn.execute(
+            f"CREATE SCHEMA {FLOOR_SCHEMA}; "
+            f"CREATE TABLE {FLOOR_SCHEMA}.projects (LIKE tenant_fleet_00000.projects INCLUDING ALL)"
+        )
+        await conn.executemany(
+            f"INSERT INTO {FLOOR_SCHEMA}.projects (id, name) VALUES ($1, $2)",
+            [(uuid.UUID(pid), slug) for slug, pid in zip(fleet_slugs, fleet_projects, strict=True)],
+        )
     finally:
         await conn.close()
 
@@ -912,14 +955,57 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         )
         backend_mib: list[float] = []
+        uncached: list[WrkResult] = []
         for level, spread in spreads:
             failed = await warm_up(nocache_url, spread)
             if failed:
                 raise RuntimeError(f"warm-up over {level} tenants: {failed} answers not 200")
-            result = run_wrk(nocache_url, spread, tmp, **wrk_kw)
+            uncached.append(run_wrk(nocache_url, spread, tmp, **wrk_kw))
             backend_mib.append(await backend_memory_mib(db_url, nocache_since))
-            report.add(result.row(str(level), f" {backend_mib[-1]:.1f} |"))
+            report.add(uncached[-1].row(str(level), f" {backend_mib[-1]:.1f} |"))
         nocache.stop()
+        # The floor beside it: the baseline app reading the same rows in the same rotation,
+        # all from one schema (it has no tenants to spread over).
+        floor_port = free_port()
+        floor = Proc(
+            "baseline-spread",
+            uvicorn_argv("scripts.bench_baseline:app", floor_port),
+            {"BENCH_DATABASE_URL": db_url, "BENCH_SCHEMA": FLOOR_SCHEMA},
+            tmp,
+        )
+        procs.append(floor)
+        floor_url = f"http://127.0.0.1:{floor_port}"
+        floor.wait_http(f"{floor_url}/v1/projects/{fleet_projects[0]}")
+        report.add(
+            "",
+            f"The baseline over the same spread: the same rows in the same rotation, all in "
+            f"one schema (`{FLOOR_SCHEMA}`), read after a warm-up pass, beside Tessera's "
+            "figures above.",
+            "",
+            "| tenants | baseline requests/s | baseline p99 ms | Tessera cached × baseline | "
+            "Tessera cache off × baseline |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        )
+        floors: list[WrkResult] = []
+        for (level, spread), (_, cached, _), cold in zip(spreads, scaled, uncached, strict=True):
+            failed = await warm_up(floor_url, spread)
+            if failed:
+                raise RuntimeError(f"baseline warm-up over {level} rows: {failed} not 200")
+            floors.append(run_wrk(floor_url, [(path, "") for path, _ in spread], tmp, **wrk_kw))
+            report.add(
+                f"| {level} | {floors[-1].rps:,.0f} | {floors[-1].p99_ms:.2f} | "
+                f"{cached.rps / floors[-1].rps:.2f} | {cold.rps / floors[-1].rps:.2f} |"
+            )
+        floor.stop()
+        report.chart = ScalingChart(
+            levels=[level for level, _ in spreads],
+            series={
+                "baseline (FastAPI + asyncpg, one schema)": floors,
+                "Tessera, cache on": [result for _, result, _ in scaled],
+                "Tessera, cache off": uncached,
+            },
+        )
+        report.add("", f"![requests/s and p99 against the tenant count]({report.chart_name})")
         # Bounded: the largest backend holds at most the bound's worth of schemas more than
         # at the smallest spread, at the issue's 40 KiB a schema (a backend grew by about
         # 19 KiB for each schema whose `projects` it read, measured here).
@@ -1142,6 +1228,8 @@ def write_markdown(report: Report, output: Path) -> None:
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines))
+    if report.chart is not None:
+        report.chart.draw(output.parent / report.chart_name)
 
 
 if __name__ == "__main__":

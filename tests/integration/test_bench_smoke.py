@@ -55,6 +55,10 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert "| baseline: GET /v1/projects/{id}" in text
     (memory,) = [line for line in text.splitlines() if "backend memory bounded" in line]
     assert not memory.endswith("| not measured |"), memory  # read from /proc, not skipped
+    assert "| tenants | baseline requests/s |" in text  # the floor beside the scaling runs
+    assert "](benchmarks-scaling.png)" in text
+    chart = (tmp_path / "benchmarks-scaling.png").read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000, len(chart)
 
 
 def test_request_profile_writes_every_part(tmp_path: Path) -> None:
