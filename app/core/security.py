@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import copy
 import json
 import logging
 import time
@@ -205,7 +206,9 @@ class TokenVerifier:
         self._algorithms = frozenset(settings.auth_algorithms)
         # strict_check_header=False: issuers add harmless private header fields (Azure's `x5t`
         # variants, vendor hints); what matters is refused in _check_header.
-        self._registry = JWSRegistry(algorithms=settings.auth_algorithms, strict_check_header=False)
+        self._registry = _TokenRegistry(
+            algorithms=settings.auth_algorithms, strict_check_header=False
+        )
         self._claims_registry = jwt.JWTClaimsRegistry(
             leeway=settings.auth_leeway_seconds,
             iss={"essential": True, "value": settings.auth_issuer},
@@ -306,6 +309,23 @@ class TokenVerifier:
         self._cache[token] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def _without_warning(name: str) -> Any:
+    """joserfc's model of `name`, minus its SecurityWarning: a copy, the registry's own is
+    left as it is."""
+    quiet = copy.copy(JWSRegistry.algorithms[name])
+    quiet.security_warning = None
+    return quiet
+
+
+class _TokenRegistry(JWSRegistry):
+    """joserfc's registry, with `EdDSA` accepted without a warning. RFC 9864 deprecates the
+    name in favour of `Ed25519`, and joserfc warns on every use, but issuers still sign with
+    it and the operator chose it in AUTH_ALGORITHMS (it is in the default): a warning per
+    verified token is noise in the logs, and an error wherever warnings are errors."""
+
+    algorithms = {**JWSRegistry.algorithms, "EdDSA": _without_warning("EdDSA")}
 
 
 def _read_header(token: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 from app.core.config import Settings
@@ -34,7 +34,7 @@ def b64json(value: Any) -> str:
     return b64(json.dumps(value, separators=(",", ":")).encode())
 
 
-def raw_jws(header: dict[str, Any], payload: dict[str, Any], key: RSAKey | ECKey) -> str:
+def raw_jws(header: dict[str, Any], payload: dict[str, Any], key: RSAKey | ECKey | OKPKey) -> str:
     """Sign without any library header checks, so tests can forge what a library would refuse."""
     signing_input = f"{b64json(header)}.{b64json(payload)}"
     algorithm = JWSRegistry.algorithms[header["alg"]]
@@ -95,6 +95,33 @@ async def test_valid_token_is_accepted(
     assert claims.tenant == "acme"
     assert claims.scopes == frozenset({"api:read", "api:write"})
     assert claims.raw["iss"] == private_issuer.url
+
+
+def eddsa_token(issuer: RunningIssuer) -> str:
+    """A token signed with an Ed25519 key that the issuer publishes beside its own (the dev
+    issuer signs with RS256 and ES256 only)."""
+    key = OKPKey.generate_key("Ed25519", auto_kid=True)
+    issuer.dev._keys.append(key)  # in the served JWKS from now on
+    return raw_jws({"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}, claims_for(issuer), key)
+
+
+async def test_an_eddsa_token_is_accepted(
+    verifier: TokenVerifier, private_issuer: RunningIssuer
+) -> None:
+    claims = await verifier.verify(eddsa_token(private_issuer))
+    assert (claims.subject, claims.tenant) == ("user-1", "acme")
+
+
+async def test_an_eddsa_token_is_refused_when_eddsa_is_not_allowed(
+    start_issuer: StartIssuer,
+) -> None:
+    issuer = start_issuer()
+    verifier = TokenVerifier(verifier_settings(issuer.url, auth_algorithms=["RS256", "ES256"]))
+    try:
+        with pytest.raises(InvalidToken):
+            await verifier.verify(eddsa_token(issuer))
+    finally:
+        await verifier.aclose()
 
 
 @pytest.mark.parametrize("audience", ["tessera", ["other-api", "tessera"]])
