@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.db import session as session_module
 from app.db.engine import build_engine
 from app.db.models.tenant import idempotency_keys, projects, tasks
 from app.db.repositories.tenants import TenantRecord
@@ -51,6 +52,13 @@ async def pool_of(settings: Settings) -> AsyncIterator[Callable[..., AsyncEngine
 @pytest.fixture
 def one_connection(pool_of: Callable[..., AsyncEngine]) -> AsyncEngine:
     return pool_of(1)
+
+
+@pytest.fixture
+def room_to_park(pool_of: Callable[..., AsyncEngine]) -> AsyncEngine:
+    """One pooled connection and room for one more: a read may park the first (a pool with
+    no room left never parks, see test_a_read_never_parks_while_the_pool_is_exhausted)."""
+    return pool_of(1, 1)
 
 
 async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: TenantRecord) -> None:
@@ -240,40 +248,40 @@ async def backend(session: TenantSession) -> tuple[int, str, bool]:
 
 
 async def test_a_read_only_transaction_parks_and_the_next_begin_carries_its_commit(
-    one_connection: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+    room_to_park: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
 ) -> None:
-    pool = one_connection.sync_engine.pool
-    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+    pool = room_to_park.sync_engine.pool
+    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
         first_pid, who, read_only = await backend(session)
         assert (who, read_only) == (tenant.db_role, True)
         with pytest.raises(Exception, match="read-only transaction"):
             await session.execute(insert(projects).values(id=uuid.uuid4(), name="no"))
-    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
         first_xid = await session.scalar(text("SELECT txid_current()"))
     assert pool.checkedout() == 1  # parked, its transaction still open, not in the pool
     # The next transaction, another tenant's write, takes the parked connection: the old
     # transaction is committed in its BEGIN's round trip and the new pin is in force.
-    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
         pid, who, read_only = await backend(session)
         assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
         assert await session.scalar(text("SELECT txid_current()")) != first_xid
         await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
     assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
 
-    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
         await session.execute(select(projects.c.id))
     assert pool.checkedout() == 1
     await asyncio.sleep(PARK_SECONDS + 0.2)  # not taken: committed and returned
     assert pool.checkedout() == 0
-    async with one_connection.connect() as conn:  # the pool's own users see a clean one
+    async with room_to_park.connect() as conn:  # the pool's own users see a clean one
         row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
         assert row[0] == first_pid and row[1] != tenant.db_role
 
 
 async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
-    one_connection: AsyncEngine, engine: AsyncEngine, tenant: TenantRecord
+    room_to_park: AsyncEngine, engine: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
         await session.execute(select(projects.c.id))  # ACCESS SHARE on projects, held
     started = time.monotonic()
     async with engine.begin() as conn:
@@ -282,10 +290,40 @@ async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
     assert time.monotonic() - started < 2  # waited for the parked COMMIT, not forever
 
 
+async def test_a_read_never_parks_while_the_pool_is_exhausted(
+    one_connection: AsyncEngine, tenant: TenantRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request queued on the pool gets the connection a read has finished with at once:
+    parked, it would wait until a newer request took it or the park timer ran out."""
+    monkeypatch.setattr(session_module, "PARK_SECONDS", 60.0)  # parked means stuck here
+    pool = one_connection.sync_engine.pool
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def read() -> None:
+        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+            await session.execute(select(projects.c.id))
+            reading.set()
+            await release.wait()
+
+    async def write() -> None:
+        async with tenant_transaction(one_connection, loc(tenant)) as session:
+            await session.execute(insert(projects).values(id=uuid.uuid4(), name="queued"))
+
+    reader = asyncio.create_task(read())
+    await reading.wait()
+    writer = asyncio.create_task(write())  # queued on the pool: its one connection is out
+    await asyncio.sleep(0.1)
+    assert not writer.done()
+    release.set()
+    await reader
+    await asyncio.wait_for(writer, timeout=2)  # well inside DB_POOL_TIMEOUT_SECONDS (3)
+    assert pool.checkedout() == 0
+
+
 async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
     pool_of: Callable[..., AsyncEngine], tenant: TenantRecord
 ) -> None:
-    engine = pool_of(4)
+    engine = pool_of(4, 4)  # room left: a pool with none never parks
     pool = engine.sync_engine.pool
     release = asyncio.Event()
 
@@ -306,21 +344,21 @@ async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
 
 
 async def test_a_connection_is_retired_once_it_has_served_too_many_schemas(
-    one_connection: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+    room_to_park: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
 ) -> None:
-    bound_schemas_per_connection(one_connection, 1)
-    pool = one_connection.sync_engine.pool
+    bound_schemas_per_connection(room_to_park, 1)
+    pool = room_to_park.sync_engine.pool
     pids = []
     for who, read_only in ((tenant, False), (tenant, True), (other_tenant, True)):
-        async with tenant_transaction(one_connection, loc(who), read_only=read_only) as session:
+        async with tenant_transaction(room_to_park, loc(who), read_only=read_only) as session:
             pids.append(await session.scalar(text("SELECT pg_backend_pid()")))
     # The second schema retired the connection after its transaction, instead of parking it.
     assert pids[0] == pids[1] == pids[2] and pool.checkedout() == 0
-    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
         assert await session.scalar(text("SELECT pg_backend_pid()")) != pids[0]
         assert await session.scalar(text("SELECT current_user")) == other_tenant.db_role
     # The new backend starts its own count: one schema, so it stays.
-    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
         last = await session.scalar(text("SELECT pg_backend_pid()"))
-    async with tenant_transaction(one_connection, loc(other_tenant)) as session:
+    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
         assert await session.scalar(text("SELECT pg_backend_pid()")) == last
