@@ -216,9 +216,9 @@ class TokenVerifier:
             exp={"essential": True},
             sub={"essential": True},
         )
-        # token -> (claims, kid, key): a remembered token stays valid only while the key that
-        # verified it is still the one the issuer publishes under its kid.
-        # Remembered by their exact text until they expire, at most AUTH_TOKEN_CACHE_SIZE.
+        # token -> (claims, kid, key), by the token's exact text, until it expires, at most
+        # AUTH_TOKEN_CACHE_SIZE of them: a remembered token stays valid only while the key
+        # that verified it is still the one the issuer publishes under its kid.
         self._cache: OrderedDict[str, tuple[Claims, str | None, Key]] = OrderedDict()
         self._cache_size = settings.auth_token_cache_size
 
