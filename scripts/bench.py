@@ -658,6 +658,15 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         proc.wait_http(f"{url}/healthz")
         return proc, url
 
+    def start_baseline(name: str, schema: str, first_project: str) -> tuple[Proc, str]:
+        port = free_port()
+        env = {"BENCH_DATABASE_URL": db_url, "BENCH_SCHEMA": schema}
+        proc = Proc(name, uvicorn_argv("scripts.bench_baseline:app", port), env, tmp)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_http(f"{url}/v1/projects/{first_project}")
+        return proc, url
+
     tessera, tessera_url = start_tessera("tessera")
     paths = set(httpx.get(f"{tessera_url}/openapi.json").json().get("paths", {}))
     has_read = READ_ROUTE in paths
@@ -812,16 +821,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
     main_token = dev.mint("bench-user", tenant="bench-main", scopes="api:read api:write")
 
     # --- (1) read, write, list ---------------------------------------------------------------
-    baseline_port = free_port()
-    baseline = Proc(
-        "baseline",
-        uvicorn_argv("scripts.bench_baseline:app", baseline_port),
-        {"BENCH_DATABASE_URL": db_url, "BENCH_SCHEMA": main_schema},
-        tmp,
-    )
-    procs.append(baseline)
-    baseline_url = f"http://127.0.0.1:{baseline_port}"
-    baseline.wait_http(f"{baseline_url}/v1/projects/{project_ids[0]}")
+    baseline, baseline_url = start_baseline("baseline", main_schema, project_ids[0])
     reads = [(f"/v1/projects/{pid}", main_token) for pid in project_ids]
     base = run_wrk(baseline_url, [(p, "") for p, _ in reads], tmp, **wrk_kw)
     baseline.stop()
@@ -966,16 +966,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         nocache.stop()
         # The floor beside it: the baseline app reading the same rows in the same rotation,
         # all from one schema (it has no tenants to spread over).
-        floor_port = free_port()
-        floor = Proc(
-            "baseline-spread",
-            uvicorn_argv("scripts.bench_baseline:app", floor_port),
-            {"BENCH_DATABASE_URL": db_url, "BENCH_SCHEMA": FLOOR_SCHEMA},
-            tmp,
-        )
-        procs.append(floor)
-        floor_url = f"http://127.0.0.1:{floor_port}"
-        floor.wait_http(f"{floor_url}/v1/projects/{fleet_projects[0]}")
+        floor, floor_url = start_baseline("baseline-spread", FLOOR_SCHEMA, fleet_projects[0])
         report.add(
             "",
             f"The baseline over the same spread: the same rows in the same rotation, all in "
