@@ -26,6 +26,7 @@ SUPPORTED_ALGORITHMS = {
     "ES384",
     "ES512",
     "EdDSA",
+    "Ed25519",  # RFC 9864's name for EdDSA over Ed25519, which issuers are moving to
 }
 
 

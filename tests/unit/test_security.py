@@ -97,12 +97,12 @@ async def test_valid_token_is_accepted(
     assert claims.raw["iss"] == private_issuer.url
 
 
-def eddsa_token(issuer: RunningIssuer) -> str:
+def eddsa_token(issuer: RunningIssuer, alg: str = "EdDSA") -> str:
     """A token signed with an Ed25519 key that the issuer publishes beside its own (the dev
-    issuer signs with RS256 and ES256 only)."""
+    issuer signs with RS256 and ES256 only); `alg` EdDSA, or RFC 9864's Ed25519."""
     key = OKPKey.generate_key("Ed25519", auto_kid=True)
     issuer.dev._keys.append(key)  # in the served JWKS from now on
-    return raw_jws({"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}, claims_for(issuer), key)
+    return raw_jws({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims_for(issuer), key)
 
 
 async def test_an_eddsa_token_is_accepted(
@@ -110,6 +110,22 @@ async def test_an_eddsa_token_is_accepted(
 ) -> None:
     claims = await verifier.verify(eddsa_token(private_issuer))
     assert (claims.subject, claims.tenant) == ("user-1", "acme")
+
+
+async def test_an_ed25519_token_is_accepted_once_ed25519_is_allowed(
+    start_issuer: StartIssuer,
+) -> None:
+    issuer = start_issuer()
+    default = TokenVerifier(verifier_settings(issuer.url))
+    allowing = TokenVerifier(verifier_settings(issuer.url, auth_algorithms=["RS256", "Ed25519"]))
+    try:
+        token = eddsa_token(issuer, alg="Ed25519")
+        with pytest.raises(InvalidToken):  # not in the default AUTH_ALGORITHMS
+            await default.verify(token)
+        assert (await allowing.verify(token)).subject == "user-1"
+    finally:
+        await default.aclose()
+        await allowing.aclose()
 
 
 async def test_an_eddsa_token_is_refused_when_eddsa_is_not_allowed(
