@@ -9,7 +9,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,23 @@ async def verifier(private_issuer: RunningIssuer) -> Any:
     await v.aclose()
 
 
+Verifiers = Callable[[Settings], TokenVerifier]
+
+
+@pytest.fixture
+async def verifiers() -> AsyncIterator[Verifiers]:
+    """`verifiers(settings)`: a TokenVerifier, closed when the test ends."""
+    built: list[TokenVerifier] = []
+
+    def build(settings: Settings) -> TokenVerifier:
+        built.append(TokenVerifier(settings))
+        return built[-1]
+
+    yield build
+    for built_verifier in built:
+        await built_verifier.aclose()
+
+
 def rsa_header(issuer: RunningIssuer, **extra: Any) -> dict[str, Any]:
     return {"alg": "RS256", "kid": issuer.dev.signing_key("RS256").kid, "typ": "JWT", **extra}
 
@@ -114,30 +131,25 @@ async def test_an_eddsa_token_is_accepted(
 
 async def test_an_ed25519_token_is_accepted_once_ed25519_is_allowed(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
-    default = TokenVerifier(verifier_settings(issuer.url))
-    allowing = TokenVerifier(verifier_settings(issuer.url, auth_algorithms=["RS256", "Ed25519"]))
-    try:
-        token = eddsa_token(issuer, alg="Ed25519")
-        with pytest.raises(InvalidToken):  # not in the default AUTH_ALGORITHMS
-            await default.verify(token)
-        assert (await allowing.verify(token)).subject == "user-1"
-    finally:
-        await default.aclose()
-        await allowing.aclose()
+    default = verifiers(verifier_settings(issuer.url))
+    allowing = verifiers(verifier_settings(issuer.url, auth_algorithms=["RS256", "Ed25519"]))
+    token = eddsa_token(issuer, alg="Ed25519")
+    with pytest.raises(InvalidToken):  # not in the default AUTH_ALGORITHMS
+        await default.verify(token)
+    assert (await allowing.verify(token)).subject == "user-1"
 
 
 async def test_an_eddsa_token_is_refused_when_eddsa_is_not_allowed(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_algorithms=["RS256", "ES256"]))
-    try:
-        with pytest.raises(InvalidToken):
-            await verifier.verify(eddsa_token(issuer))
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_algorithms=["RS256", "ES256"]))
+    with pytest.raises(InvalidToken):
+        await verifier.verify(eddsa_token(issuer))
 
 
 @pytest.mark.parametrize("audience", ["tessera", ["other-api", "tessera"]])
@@ -170,69 +182,63 @@ async def test_access_token_types_are_accepted(
     assert (await verifier.verify(token)).subject == "user-1"
 
 
-async def test_rotated_key_is_accepted_after_one_refetch(start_issuer: StartIssuer) -> None:
+async def test_rotated_key_is_accepted_after_one_refetch(
+    start_issuer: StartIssuer, verifiers: Verifiers
+) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
-    try:
-        await verifier.verify(issuer.dev.mint("before"))
-        assert issuer.jwks_fetches == 1
-        await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
-        new_kid = issuer.dev.rotate("RS256")
-        token = issuer.dev.mint("after")
-        assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"] == new_kid
-        assert (await verifier.verify(token)).subject == "after"
-        assert issuer.jwks_fetches == 2
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
+    await verifier.verify(issuer.dev.mint("before"))
+    assert issuer.jwks_fetches == 1
+    await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
+    new_kid = issuer.dev.rotate("RS256")
+    token = issuer.dev.mint("after")
+    assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"] == new_kid
+    assert (await verifier.verify(token)).subject == "after"
+    assert issuer.jwks_fetches == 2
 
 
 async def test_a_remembered_token_stops_working_once_its_key_is_withdrawn(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
-    try:
-        old = issuer.dev.mint("old")
-        assert (await verifier.verify(old)).subject == "old"
-        await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
-        new_kid = issuer.dev.rotate("RS256")
-        issuer.dev._keys = [k for k in issuer.dev._keys if k.kid == new_kid]  # withdraw the rest
-        assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
-        with pytest.raises(InvalidToken):
-            await verifier.verify(old)
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
+    old = issuer.dev.mint("old")
+    assert (await verifier.verify(old)).subject == "old"
+    await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
+    new_kid = issuer.dev.rotate("RS256")
+    issuer.dev._keys = [k for k in issuer.dev._keys if k.kid == new_kid]  # withdraw the rest
+    assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
+    with pytest.raises(InvalidToken):
+        await verifier.verify(old)
 
 
 async def test_a_remembered_token_stays_remembered_when_a_re_read_keeps_its_key(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     """A routine JWKS re-read (a rotation that keeps the old key published) must not send
     every remembered token through signature verification again."""
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
-    try:
-        old = issuer.dev.mint("old")
-        claims = await verifier.verify(old)
-        await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
-        issuer.dev.rotate("RS256")  # the old key stays published beside the new one
-        assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
-        assert issuer.jwks_fetches == 2
-        assert verifier.remembered(old) is claims
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0.2))
+    old = issuer.dev.mint("old")
+    claims = await verifier.verify(old)
+    await asyncio.sleep(0.25)  # past the cooldown that follows the first fetch
+    issuer.dev.rotate("RS256")  # the old key stays published beside the new one
+    assert (await verifier.verify(issuer.dev.mint("new"))).subject == "new"  # refetches
+    assert issuer.jwks_fetches == 2
+    assert verifier.remembered(old) is claims
 
 
-async def test_jwks_url_setting_skips_discovery(start_issuer: StartIssuer) -> None:
+async def test_jwks_url_setting_skips_discovery(
+    start_issuer: StartIssuer, verifiers: Verifiers
+) -> None:
     issuer = start_issuer()
     settings = verifier_settings(issuer.url, auth_jwks_url=f"{issuer.url}/jwks.json")
-    verifier = TokenVerifier(settings)
-    try:
-        await verifier.verify(issuer.dev.mint("u"))
-        assert issuer.app.hits["/.well-known/openid-configuration"] == 0
-        assert issuer.jwks_fetches == 1
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(settings)
+    await verifier.verify(issuer.dev.mint("u"))
+    assert issuer.app.hits["/.well-known/openid-configuration"] == 0
+    assert issuer.jwks_fetches == 1
 
 
 async def test_a_token_seen_before_is_served_from_the_cache(
@@ -246,47 +252,43 @@ async def test_a_token_seen_before_is_served_from_the_cache(
 
 async def test_the_token_cache_keeps_the_most_recently_used_tokens_up_to_its_size(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_token_cache_size=2))
-    try:
-        a, b, c = (issuer.dev.mint(subject) for subject in "abc")
-        claims_a = await verifier.verify(a)
-        await verifier.verify(b)
-        assert await verifier.verify(a) is claims_a  # a is now the most recently used
-        await verifier.verify(c)  # one too many: b, the least recently used, goes
-        assert verifier.remembered(a) is claims_a
-        assert verifier.remembered(b) is None
-        assert verifier.remembered(c) is not None
-        assert (await verifier.verify(b)).subject == "b"  # still valid: verified again
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_token_cache_size=2))
+    a, b, c = (issuer.dev.mint(subject) for subject in "abc")
+    claims_a = await verifier.verify(a)
+    await verifier.verify(b)
+    assert await verifier.verify(a) is claims_a  # a is now the most recently used
+    await verifier.verify(c)  # one too many: b, the least recently used, goes
+    assert verifier.remembered(a) is claims_a
+    assert verifier.remembered(b) is None
+    assert verifier.remembered(c) is not None
+    assert (await verifier.verify(b)).subject == "b"  # still valid: verified again
 
 
-async def test_a_token_cache_size_of_zero_remembers_nothing(start_issuer: StartIssuer) -> None:
+async def test_a_token_cache_size_of_zero_remembers_nothing(
+    start_issuer: StartIssuer, verifiers: Verifiers
+) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_token_cache_size=0))
-    try:
-        token = issuer.dev.mint("u")
-        first = await verifier.verify(token)
-        assert verifier.remembered(token) is None
-        second = await verifier.verify(token)
-        assert second == first and second is not first
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_token_cache_size=0))
+    token = issuer.dev.mint("u")
+    first = await verifier.verify(token)
+    assert verifier.remembered(token) is None
+    second = await verifier.verify(token)
+    assert second == first and second is not first
 
 
-async def test_a_cached_token_is_not_served_past_its_expiry(start_issuer: StartIssuer) -> None:
+async def test_a_cached_token_is_not_served_past_its_expiry(
+    start_issuer: StartIssuer, verifiers: Verifiers
+) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_leeway_seconds=0))
-    try:
-        token = issuer.dev.mint("u", ttl=1)
+    verifier = verifiers(verifier_settings(issuer.url, auth_leeway_seconds=0))
+    token = issuer.dev.mint("u", ttl=1)
+    await verifier.verify(token)
+    await asyncio.sleep(2.1)
+    with pytest.raises(InvalidToken):
         await verifier.verify(token)
-        await asyncio.sleep(2.1)
-        with pytest.raises(InvalidToken):
-            await verifier.verify(token)
-    finally:
-        await verifier.aclose()
 
 
 # --- rejected ---------------------------------------------------------------------------
@@ -423,7 +425,10 @@ def jku_server() -> Iterator[tuple[ServedApp, list[str]]]:
 
 @pytest.mark.parametrize("header_name", ["jwk", "jku"])
 async def test_key_bearing_headers_are_refused_without_any_outbound_call(
-    start_issuer: StartIssuer, jku_server: tuple[ServedApp, list[str]], header_name: str
+    start_issuer: StartIssuer,
+    jku_server: tuple[ServedApp, list[str]],
+    header_name: str,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
     attacker = RSAKey.generate_key(2048, auto_kid=True)
@@ -433,12 +438,9 @@ async def test_key_bearing_headers_are_refused_without_any_outbound_call(
     else:
         header["jku"] = f"{jku_server[0].url}/jwks.json"
     token = raw_jws(header, claims_for(issuer), attacker)
-    verifier = TokenVerifier(verifier_settings(issuer.url))
-    try:
-        with pytest.raises(InvalidToken):
-            await verifier.verify(token)
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url))
+    with pytest.raises(InvalidToken):
+        await verifier.verify(token)
     assert issuer.requests == 0
     assert jku_server[1] == []
 
@@ -461,42 +463,41 @@ async def test_a_storm_of_unknown_kids_costs_at_most_three_jwks_fetches(
 
 async def test_cached_keys_keep_working_when_the_issuer_goes_down(
     start_issuer: StartIssuer,
+    verifiers: Verifiers,
 ) -> None:
     issuer = start_issuer()
-    verifier = TokenVerifier(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0))
-    try:
-        await verifier.verify(issuer.dev.mint("before"))
-        issuer.stop()
-        fresh = issuer.dev.mint("during-outage", alg="ES256")
-        assert (await verifier.verify(fresh)).subject == "during-outage"
-        with pytest.raises(InvalidToken):  # an unknown kid is still a 401, not a 503
-            await verifier.verify(_unknown_kid(issuer))
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(issuer.url, auth_jwks_refresh_cooldown_seconds=0))
+    await verifier.verify(issuer.dev.mint("before"))
+    issuer.stop()
+    fresh = issuer.dev.mint("during-outage", alg="ES256")
+    assert (await verifier.verify(fresh)).subject == "during-outage"
+    with pytest.raises(InvalidToken):  # an unknown kid is still a 401, not a 503
+        await verifier.verify(_unknown_kid(issuer))
 
 
-async def test_never_reachable_issuer_raises_auth_unavailable(issuer: RunningIssuer) -> None:
+async def test_never_reachable_issuer_raises_auth_unavailable(
+    issuer: RunningIssuer, verifiers: Verifiers
+) -> None:
     closed = ServedApp()  # bound, never served, then closed: connections are refused
     url = closed.url
     closed.stop()
-    verifier = TokenVerifier(verifier_settings(url, auth_jwks_timeout_seconds=1))
-    try:
-        token = raw_jws(
-            {"alg": "RS256", "kid": "k"},
-            {"iss": url, "sub": "u", "aud": "tessera", "exp": int(time.time()) + 60},
-            issuer.dev.signing_key("RS256"),
-        )
-        with pytest.raises(AuthUnavailable) as excinfo:
-            await verifier.verify(token)
-        assert (excinfo.value.status, excinfo.value.code) == (503, "auth_unavailable")
-    finally:
-        await verifier.aclose()
+    verifier = verifiers(verifier_settings(url, auth_jwks_timeout_seconds=1))
+    token = raw_jws(
+        {"alg": "RS256", "kid": "k"},
+        {"iss": url, "sub": "u", "aud": "tessera", "exp": int(time.time()) + 60},
+        issuer.dev.signing_key("RS256"),
+    )
+    with pytest.raises(AuthUnavailable) as excinfo:
+        await verifier.verify(token)
+    assert (excinfo.value.status, excinfo.value.code) == (503, "auth_unavailable")
 
 
-async def test_an_issuer_that_comes_up_after_the_api_is_picked_up(tmp_path: Path) -> None:
+async def test_an_issuer_that_comes_up_after_the_api_is_picked_up(
+    tmp_path: Path, verifiers: Verifiers
+) -> None:
     server = ServedApp()  # the port is bound but nothing listens yet: connections are refused
     dev = DevIssuer(Settings(environment="test"), key_dir=tmp_path, issuer=server.url)
-    verifier = TokenVerifier(verifier_settings(server.url, auth_jwks_timeout_seconds=1))
+    verifier = verifiers(verifier_settings(server.url, auth_jwks_timeout_seconds=1))
     try:
         token = dev.mint("u")
         with pytest.raises(AuthUnavailable):
@@ -505,7 +506,6 @@ async def test_an_issuer_that_comes_up_after_the_api_is_picked_up(tmp_path: Path
         await asyncio.sleep(INITIAL_RETRY_SECONDS + 0.1)
         assert (await verifier.verify(token)).subject == "u"
     finally:
-        await verifier.aclose()
         server.stop()
 
 
