@@ -1,5 +1,6 @@
 """The Redis client, built once per process from REDIS_URL: the thin pipelined client
-(app/core/resp.py) for a plain redis:// server, redis-py for Cluster and everything else."""
+(app/core/resp.py) for a plain redis:// server, the thin cluster client
+(app/core/resp_cluster.py) for a Cluster reached by one, redis-py for everything else."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
 from app.core.resp import RespClient
+from app.core.resp_cluster import RespCluster
 
 logger = logging.getLogger("tessera.redis")
 
 T = TypeVar("T")
 
-RedisClient = RespClient | Redis | RedisCluster
+RedisClient = RespClient | RespCluster | Redis | RedisCluster
 
 
 def build_redis(settings: Settings) -> RedisClient:
@@ -28,6 +30,12 @@ def build_redis(settings: Settings) -> RedisClient:
     url = settings.redis_url
     if url.startswith("redis+cluster://") or settings.redis_cluster:
         url = url.replace("redis+cluster://", "redis://", 1)
+        if RespCluster.serves(url):
+            # No node is special: losing one master costs only its own slots' tenants
+            # (docs/decisions/0020-redis-cluster-without-a-default-node.md).
+            return RespCluster.from_url(url, connect_timeout=timeout, reply_timeout=timeout)
+        # rediss:// or options in the URL: redis-py, whose cluster client loses every slot
+        # while the master of slot 0 is down (decision 0020).
         return RedisCluster.from_url(url, **_redis_py_options(timeout))
     if RespClient.serves(url):
         # The hot path's one or two calls per request cost a third of redis-py's CPU here
@@ -52,7 +60,7 @@ def own_timeout(redis: Any, timeout: float) -> float | None:
     already fails every request that waits longer (the thin client, whose reply_timeout is
     no longer than `timeout`): asyncio.timeout costs about 20 µs a call here, a third of
     the call itself."""
-    if isinstance(redis, RespClient) and redis.reply_timeout <= timeout:
+    if isinstance(redis, RespClient | RespCluster) and redis.reply_timeout <= timeout:
         return None
     return timeout
 

@@ -20,15 +20,21 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
     ExecAbortError,
+    MasterDownError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,7 +46,8 @@ RespArg = bytes | str | int | float
 pack_command: Callable[[tuple[RespArg, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 # Error replies whose first word names a redis-py exception (the subset of redis-py's own
-# table that a standalone server sends to these commands). The rest are ResponseError.
+# tables that a standalone server or a cluster node sends to these commands). The rest are
+# ResponseError.
 _ERROR_CLASSES: dict[str, type[RedisError]] = {
     "NOSCRIPT": NoScriptError,
     "LOADING": BusyLoadingError,
@@ -50,6 +57,12 @@ _ERROR_CLASSES: dict[str, type[RedisError]] = {
     "OOM": OutOfMemoryError,
     "READONLY": ReadOnlyError,
     "EXECABORT": ExecAbortError,
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "MASTERDOWN": MasterDownError,
+    "CROSSSLOT": ClusterCrossSlotError,
 }
 
 

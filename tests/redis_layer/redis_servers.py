@@ -100,6 +100,77 @@ def start_redis(directory: Path, *extra: str, port: int | None = None) -> RedisP
         time.sleep(0.05)
 
 
+def start_cluster_node(directory: Path, port: int) -> RedisProcess:
+    """One master of a test cluster; started again on the same port and directory, it
+    rejoins with its nodes.conf (same id, same slots)."""
+    return start_redis(
+        directory,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        str(directory / "nodes.conf"),
+        "--cluster-node-timeout",
+        str(CLUSTER_NODE_TIMEOUT_MS),
+        # Slots of a master that is gone fail alone, the others keep serving (README).
+        "--cluster-require-full-coverage",
+        "no",
+        port=port,
+    )
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000
+
+
+def start_cluster(directory: Path, masters: int = 3) -> list[RedisProcess]:
+    """`masters` nodes, no replicas, in `directory`, slots spread evenly; stop_redis each."""
+    nodes: list[RedisProcess] = []
+    try:
+        for index in range(masters):
+            node_dir = directory / str(index)
+            node_dir.mkdir()
+            nodes.append(start_cluster_node(node_dir, free_cluster_port()))
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        wait_for_cluster_ok(nodes)
+    except BaseException:
+        for node in nodes:
+            stop_redis(node)
+        raise
+    return nodes
+
+
+def cluster_state(node: RedisProcess) -> str | None:
+    try:
+        info = redis.Redis(port=node.port, socket_timeout=1).cluster("info")
+    except redis.RedisError:
+        return None
+    return str(info.get("cluster_state"))
+
+
+def wait_for_cluster_ok(nodes: list[RedisProcess], timeout: float = 20.0) -> None:
+    """Until every node says cluster_state:ok (and so knows every other one is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [cluster_state(node) for node in nodes]
+        if all(state == "ok" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cluster did not become ok: {states}")
+        time.sleep(0.05)
+
+
 def stop_redis(proc: RedisProcess) -> None:
     proc.thaw()  # a stopped process ignores SIGTERM until continued
     proc.process.terminate()
