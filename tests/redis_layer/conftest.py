@@ -17,6 +17,7 @@ from tests.redis_layer.redis_servers import (
     ISSUED_SLUGS,
     REDIS_URL,
     RedisProcess,
+    TestCluster,
     free_port,
     new_slug,
     redis_settings,
@@ -96,3 +97,16 @@ def redis_cluster() -> Iterator[str]:
         finally:
             for node in nodes:
                 stop_redis(node)
+
+
+@pytest.fixture
+def test_cluster() -> Iterator[TestCluster]:
+    """A three-master cluster of this test's own, which it may take masters of down."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed on PATH")
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = TestCluster(Path(directory))
+        try:
+            yield cluster
+        finally:
+            cluster.stop()

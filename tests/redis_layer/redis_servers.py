@@ -179,3 +179,49 @@ def stop_redis(proc: RedisProcess) -> None:
     except subprocess.TimeoutExpired:
         proc.process.kill()
         proc.process.wait(timeout=5)
+
+
+class TestCluster:
+    """A running test cluster whose masters a test may kill and start again."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.nodes = start_cluster(directory, masters)
+        client = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+        try:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        finally:
+            client.close()
+        port_index = {node.port: index for index, node in enumerate(self.nodes)}
+        self._owner = [0] * 16384
+        for start, end, master, *_ in ranges:
+            for slot in range(int(start), int(end) + 1):
+                self._owner[slot] = port_index[int(master[1])]
+
+    @property
+    def url(self) -> str:
+        """The app's REDIS_URL: the first node only (the others are found through it)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def master_of(self, tenant_slug: str) -> int:
+        """The index of the master that holds every key of the tenant (its hash tag's slot)."""
+        from redis.crc import key_slot
+
+        return self._owner[key_slot(f"{{{tenant_slug}}}".encode())]
+
+    def kill(self, index: int) -> None:
+        """SIGKILL, as a crashed pod: connections drop, the port refuses."""
+        process = self.nodes[index].process
+        process.kill()
+        process.wait(timeout=5)
+
+    def restart(self, index: int) -> None:
+        """Start the master again with its nodes.conf; returns once every node says ok."""
+        self.nodes[index] = start_cluster_node(self.directory / str(index), self.nodes[index].port)
+        wait_for_cluster_ok(self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            stop_redis(node)

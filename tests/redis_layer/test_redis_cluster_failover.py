@@ -1,0 +1,164 @@
+"""Losing one master of a Redis Cluster costs only the tenants whose slots it holds.
+
+A real three-master cluster (no replicas, cluster-require-full-coverage no), the app on it
+through the first node's address; each master in turn is killed and started again.
+Run with `-s` to see what each group of tenants saw.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.db.repositories.tenants import TenantRecord
+from app.services.tenants import create_tenant
+from tests.factories import post_project
+from tests.metrics_support import CacheMeter
+from tests.redis_layer.redis_servers import ISSUED_SLUGS, TestCluster
+from tests.support import running_app
+
+Headers = dict[str, str]
+
+# Requests each tenant makes while its group's figures are taken.
+PROBES = 10
+# Within this, tenants on the live masters must be back to cache hits and rate-limit
+# headers after a master dies, and every tenant after it returns.
+RECOVERY_SECONDS = 3.0
+
+
+@dataclass
+class Caller:
+    tenant: TenantRecord
+    headers: Headers
+    url: str  # a project of the tenant: a cached read
+    name: str  # the project's name as last written
+
+
+@dataclass
+class Seen:
+    """What one group of tenants saw over some requests."""
+
+    requests: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    hits: int = 0
+    limit_headers: int = 0
+    cache_errors: int = 0
+
+    def add(self, status: int, hit: bool, limited: bool, error: bool) -> None:
+        self.requests += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.hits += hit
+        self.limit_headers += limited
+        self.cache_errors += error
+
+    def __str__(self) -> str:
+        return (
+            f"{self.requests} requests, statuses {self.statuses}, {self.hits} cache hits, "
+            f"{self.limit_headers} with X-RateLimit-*, {self.cache_errors} cache errors"
+        )
+
+
+async def probe(client: httpx.AsyncClient, caller: Caller, seen: Seen | None = None) -> bool:
+    """One read of the caller's project; whether it was a cache hit with rate-limit headers."""
+    meter = CacheMeter()
+    response = await client.get(caller.url, headers=caller.headers)
+    delta = meter.delta()
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == caller.name  # never stale, from Redis or PostgreSQL
+    hit, limited = delta["hit"] == 1, "x-ratelimit-limit" in response.headers
+    if seen is not None:
+        seen.add(response.status_code, hit, limited, delta["error"] == 1)
+    return hit and limited
+
+
+async def seconds_until_served_by_redis(client: httpx.AsyncClient, callers: list[Caller]) -> float:
+    """How long until every caller's reads are cache hits with rate-limit headers again."""
+    started = time.monotonic()
+    pending = list(callers)
+    while pending:
+        pending = [caller for caller in pending if not await probe(client, caller)]
+        elapsed = time.monotonic() - started
+        assert elapsed < RECOVERY_SECONDS, f"{len(pending)} tenants not back after {elapsed:.2f} s"
+    return time.monotonic() - started
+
+
+async def tenants_on_every_master(
+    engine: AsyncEngine, settings: Settings, cluster: TestCluster
+) -> list[TenantRecord]:
+    """One tenant per master: slugs are drawn until each master holds one."""
+    slugs: dict[int, str] = {}
+    while len(slugs) < len(cluster.nodes):
+        slug = f"fo-{uuid.uuid4().hex[:10]}"
+        slugs.setdefault(cluster.master_of(slug), slug)
+    ISSUED_SLUGS.extend(slugs.values())
+    return [
+        await create_tenant(
+            engine, settings, slug=slugs[index], name="F", plan="pro", rate_limit=None
+        )
+        for index in sorted(slugs)
+    ]
+
+
+async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(
+    test_cluster: TestCluster,
+    engine: AsyncEngine,
+    settings: Settings,
+    auth: Callable[[TenantRecord], Headers],
+) -> None:
+    on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
+    tenants = await tenants_on_every_master(engine, settings, test_cluster)
+    async with running_app(on_cluster) as (_, client):
+        callers = []
+        for tenant in tenants:
+            headers = auth(tenant)
+            project = await post_project(client, headers, name="v0")
+            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        await seconds_until_served_by_redis(client, callers)  # warm: every entry cached
+
+        for dead in range(len(test_cluster.nodes)):
+            test_cluster.kill(dead)
+            lost = [c for c in callers if test_cluster.master_of(c.tenant.slug) == dead]
+            kept = [c for c in callers if c not in lost]
+            assert lost and kept
+
+            # Every tenant keeps calling, the dead master's first: each of their requests
+            # meets the dead master, and the live masters' tenants must not pay for it.
+            for caller in lost:
+                caller.name = f"after-master-{dead}-died"
+                response = await client.patch(
+                    caller.url, json={"name": caller.name}, headers=caller.headers
+                )
+                assert response.status_code == 200, response.text
+            live, on_dead = Seen(), Seen()
+            for caller in lost:
+                await probe(client, caller, on_dead)
+            live_back = await seconds_until_served_by_redis(client, kept)
+            for _ in range(PROBES):
+                for caller in lost:
+                    await probe(client, caller, on_dead)
+                for caller in kept:
+                    await probe(client, caller, live)
+            # Live masters' tenants: cache hits and rate-limit headers, every one.
+            assert live.hits == live.limit_headers == live.requests == PROBES * len(kept)
+            # The dead master's: served from PostgreSQL (fail-open), no 500, their writes
+            # read back.
+            assert on_dead.statuses == {200: (PROBES + 1) * len(lost)}
+            assert on_dead.hits == on_dead.limit_headers == 0
+            assert on_dead.cache_errors == on_dead.requests
+
+            # The master returns: its tenants are back on Redis, with what they wrote.
+            test_cluster.restart(dead)
+            dead_back = await seconds_until_served_by_redis(client, lost)
+            await seconds_until_served_by_redis(client, callers)
+            print(
+                f"\nmaster {dead} killed ({len(lost)} of {len(callers)} tenants on it):"
+                f"\n  live masters' tenants: back on Redis after {live_back * 1000:.0f} ms; {live}"
+                f"\n  dead master's tenants: {on_dead}"
+                f"\n  master back: its tenants on Redis again after {dead_back * 1000:.0f} ms"
+            )
