@@ -53,6 +53,8 @@ EXCLUDED_HANDLERS = ("/metrics", "/healthz", "/readyz")
 TENANT_STATUSES = ("active", "suspended")
 CACHE_RESULTS = ("hit", "miss", "error")
 JWKS_RESULTS = ("success", "error")
+RedisComponent = Literal["cache", "rate_limiter"]
+REDIS_COMPONENTS: tuple[RedisComponent, ...] = ("cache", "rate_limiter")
 SCRAPE_QUERY_TIMEOUT_SECONDS = 2.0
 
 # Buckets fine enough for a p99 alert at 500 ms and a dashboard from 5 ms to 10 s.
@@ -118,6 +120,13 @@ DATABASE_UP = Gauge(
     "1 when the last scrape-time or readiness query reached PostgreSQL, else 0.",
     registry=REGISTRY,
 )
+REDIS_DEGRADED = Gauge(
+    "tessera_redis_degraded",
+    "1 while this Redis user cannot use Redis (a node down, a Cluster not ok, or a failure "
+    "in the last 15 s), else 0; set by /readyz and at scrape time.",
+    ("component",),
+    registry=REGISTRY,
+)
 DB_POOL_CHECKED_OUT = Gauge(
     "tessera_db_pool_checked_out",
     "Connections of the shared pool in use right now.",
@@ -142,6 +151,8 @@ for _result in JWKS_RESULTS:
     JWKS_REFRESHES.labels(_result)
 for _status in TENANT_STATUSES:
     TENANTS.labels(_status)
+for _component in REDIS_COMPONENTS:
+    REDIS_DEGRADED.labels(_component)
 
 
 class TenantLabels:
@@ -239,6 +250,11 @@ def set_tenant_counts(counts: dict[str, int]) -> None:
 
 def set_database_up(up: bool) -> None:
     DATABASE_UP.set(1 if up else 0)
+
+
+def set_redis_degraded(degraded: dict[RedisComponent, bool]) -> None:
+    for component, is_degraded in degraded.items():
+        REDIS_DEGRADED.labels(component).set(1 if is_degraded else 0)
 
 
 def _record_http(info: Info) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +100,22 @@ def redis_cluster() -> Iterator[str]:
 
 
 @pytest.fixture
-def test_cluster() -> Iterator[TestCluster]:
-    """A three-master cluster of this test's own, which it may take masters of down."""
+def start_test_cluster() -> Iterator[Callable[..., TestCluster]]:
+    """`start_test_cluster(full_coverage=False)`: a three-master cluster of this test's own,
+    which it may take masters of down; stopped at the end of the test."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server and redis-cli are needed on PATH")
+    started: list[TestCluster] = []
     with tempfile.TemporaryDirectory() as directory:
-        cluster = TestCluster(Path(directory))
+
+        def start(*, full_coverage: bool = False) -> TestCluster:
+            cluster_dir = Path(directory) / str(len(started))
+            cluster_dir.mkdir()
+            started.append(TestCluster(cluster_dir, full_coverage=full_coverage))
+            return started[-1]
+
         try:
-            yield cluster
+            yield start
         finally:
-            cluster.stop()
+            for cluster in started:
+                cluster.stop()

@@ -100,7 +100,7 @@ def start_redis(directory: Path, *extra: str, port: int | None = None) -> RedisP
         time.sleep(0.05)
 
 
-def start_cluster_node(directory: Path, port: int) -> RedisProcess:
+def start_cluster_node(directory: Path, port: int, *, full_coverage: bool = False) -> RedisProcess:
     """One master of a test cluster; started again on the same port and directory, it
     rejoins with its nodes.conf (same id, same slots)."""
     return start_redis(
@@ -111,9 +111,9 @@ def start_cluster_node(directory: Path, port: int) -> RedisProcess:
         str(directory / "nodes.conf"),
         "--cluster-node-timeout",
         str(CLUSTER_NODE_TIMEOUT_MS),
-        # Slots of a master that is gone fail alone, the others keep serving (README).
+        # "no": slots of a master that is gone fail alone, the others keep serving (README).
         "--cluster-require-full-coverage",
-        "no",
+        "yes" if full_coverage else "no",
         port=port,
     )
 
@@ -121,14 +121,18 @@ def start_cluster_node(directory: Path, port: int) -> RedisProcess:
 CLUSTER_NODE_TIMEOUT_MS = 1000
 
 
-def start_cluster(directory: Path, masters: int = 3) -> list[RedisProcess]:
+def start_cluster(
+    directory: Path, masters: int = 3, *, full_coverage: bool = False
+) -> list[RedisProcess]:
     """`masters` nodes, no replicas, in `directory`, slots spread evenly; stop_redis each."""
     nodes: list[RedisProcess] = []
     try:
         for index in range(masters):
             node_dir = directory / str(index)
             node_dir.mkdir()
-            nodes.append(start_cluster_node(node_dir, free_cluster_port()))
+            nodes.append(
+                start_cluster_node(node_dir, free_cluster_port(), full_coverage=full_coverage)
+            )
         subprocess.run(
             [
                 "redis-cli",
@@ -186,9 +190,10 @@ class TestCluster:
 
     __test__ = False  # not a test class, whatever its name
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    def __init__(self, directory: Path, masters: int = 3, *, full_coverage: bool = False) -> None:
         self.directory = directory
-        self.nodes = start_cluster(directory, masters)
+        self.full_coverage = full_coverage
+        self.nodes = start_cluster(directory, masters, full_coverage=full_coverage)
         client = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
         try:
             ranges = client.execute_command("CLUSTER SLOTS")
@@ -204,6 +209,10 @@ class TestCluster:
     def url(self) -> str:
         """The app's REDIS_URL: the first node only (the others are found through it)."""
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def slot_owner(self, slot: int) -> int:
+        """The index of the master that holds `slot`."""
+        return self._owner[slot]
 
     def master_of(self, tenant_slug: str) -> int:
         """The index of the master that holds every key of the tenant (its hash tag's slot)."""
@@ -221,6 +230,18 @@ class TestCluster:
         """Start the master again with its nodes.conf; returns once every node says ok."""
         self.nodes[index] = start_cluster_node(self.directory / str(index), self.nodes[index].port)
         wait_for_cluster_ok(self.nodes)
+
+    def wait_for_state(self, state: str, timeout: float = 10.0) -> None:
+        """Until every running node says cluster_state:`state`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [node for node in self.nodes if node.process.poll() is None]
+            states = [cluster_state(node) for node in running]
+            if all(found == state for found in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not become {state}: {states}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -13,15 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
+import redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import app.core.redis as redis_module
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from app.services.tenants import create_tenant
 from tests.factories import post_project
-from tests.metrics_support import CacheMeter
+from tests.metrics_support import CacheMeter, parse_samples
 from tests.redis_layer.redis_servers import ISSUED_SLUGS, TestCluster
-from tests.support import running_app
+from tests.support import eventually, running_app
 
 Headers = dict[str, str]
 
@@ -105,12 +108,37 @@ async def tenants_on_every_master(
     ]
 
 
+async def redis_readiness(client: httpx.AsyncClient) -> tuple[str, dict[str, float]]:
+    """/readyz's word on Redis, and tessera_redis_degraded by component."""
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    text = (await client.get("/metrics")).text
+    gauge = {
+        sample.labels["component"]: sample.value
+        for sample in parse_samples(text)
+        if sample.name == "tessera_redis_degraded"
+    }
+    return str(ready.json()["checks"]["redis"]), gauge
+
+
+DEGRADED = ("degraded", {"cache": 1.0, "rate_limiter": 1.0})
+OK = ("ok", {"cache": 0.0, "rate_limiter": 0.0})
+
+
+@pytest.fixture(autouse=True)
+def short_failure_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis failures count for readiness for 1 s instead of 15, so that recovery shows
+    within these tests."""
+    monkeypatch.setattr(redis_module, "REDIS_FAILURE_RECENT_SECONDS", 1.0)
+
+
 async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(
-    test_cluster: TestCluster,
+    start_test_cluster: Callable[..., TestCluster],
     engine: AsyncEngine,
     settings: Settings,
     auth: Callable[[TenantRecord], Headers],
 ) -> None:
+    test_cluster = start_test_cluster()
     on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
     tenants = await tenants_on_every_master(engine, settings, test_cluster)
     async with running_app(on_cluster) as (_, client):
@@ -120,6 +148,7 @@ async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(
             project = await post_project(client, headers, name="v0")
             callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
         await seconds_until_served_by_redis(client, callers)  # warm: every entry cached
+        assert await redis_readiness(client) == OK
 
         for dead in range(len(test_cluster.nodes)):
             test_cluster.kill(dead)
@@ -151,14 +180,61 @@ async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(
             assert on_dead.statuses == {200: (PROBES + 1) * len(lost)}
             assert on_dead.hits == on_dead.limit_headers == 0
             assert on_dead.cache_errors == on_dead.requests
+            assert await redis_readiness(client) == DEGRADED
 
             # The master returns: its tenants are back on Redis, with what they wrote.
             test_cluster.restart(dead)
             dead_back = await seconds_until_served_by_redis(client, lost)
             await seconds_until_served_by_redis(client, callers)
+            await eventually(lambda: redis_readiness(client), OK, within=RECOVERY_SECONDS)
             print(
                 f"\nmaster {dead} killed ({len(lost)} of {len(callers)} tenants on it):"
                 f"\n  live masters' tenants: back on Redis after {live_back * 1000:.0f} ms; {live}"
                 f"\n  dead master's tenants: {on_dead}"
                 f"\n  master back: its tenants on Redis again after {dead_back * 1000:.0f} ms"
             )
+
+
+async def test_a_cluster_that_refuses_commands_is_degraded_and_served_from_postgresql(
+    start_test_cluster: Callable[..., TestCluster],
+    engine: AsyncEngine,
+    settings: Settings,
+    auth: Callable[[TenantRecord], Headers],
+) -> None:
+    """With cluster-require-full-coverage yes (Redis's default) a lost master puts the whole
+    cluster in cluster_state:fail: every node still answers PING, every command is refused."""
+    test_cluster = start_test_cluster(full_coverage=True)
+    on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
+    tenants = await tenants_on_every_master(engine, settings, test_cluster)
+    async with running_app(on_cluster) as (_, client):
+        callers = []
+        for tenant in tenants:
+            headers = auth(tenant)
+            project = await post_project(client, headers, name="v0")
+            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        await seconds_until_served_by_redis(client, callers)
+        assert await redis_readiness(client) == OK
+
+        # Every node answering, one of them not covering a slot: it says cluster_state:fail.
+        owner = redis.Redis(port=test_cluster.nodes[test_cluster.slot_owner(0)].port)
+        try:
+            owner.execute_command("CLUSTER", "DELSLOTS", 0)
+            assert await redis_readiness(client) == DEGRADED
+            owner.execute_command("CLUSTER", "ADDSLOTS", 0)
+            test_cluster.wait_for_state("ok")
+            assert await redis_readiness(client) == OK
+        finally:
+            owner.close()
+
+        test_cluster.kill(2)
+        test_cluster.wait_for_state("fail")
+        assert await redis_readiness(client) == DEGRADED
+        seen = Seen()
+        for caller in callers:
+            await probe(client, caller, seen)
+        assert seen.statuses == {200: len(callers)}
+        assert seen.hits == seen.limit_headers == 0
+
+        test_cluster.restart(2)
+        await seconds_until_served_by_redis(client, callers)
+        await eventually(lambda: redis_readiness(client), OK, within=RECOVERY_SECONDS)

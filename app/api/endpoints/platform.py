@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from app.core import metrics
 from app.core.errors import problem_response
+from app.core.redis import redis_serves
 
 logger = logging.getLogger("tessera.health")
 
@@ -45,14 +46,22 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Readiness: PostgreSQL reachable (Redis is optional)",
+    description=(
+        "`redis` is `degraded` while the cache or the rate limiter cannot use Redis: a node "
+        "does not answer, a Cluster is not `cluster_state:ok`, or either met a Redis failure "
+        "in the last 15 s. `tessera_redis_degraded{component}` says which."
+    ),
     responses={503: {"model": Readiness, "description": "PostgreSQL is unreachable"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    database_ok, redis_ok = await asyncio.gather(_check_database(request), _check_redis(request))
+    database_ok, redis_degraded = await asyncio.gather(
+        _check_database(request), _check_redis(request)
+    )
     body = Readiness(
         status="ok" if database_ok else "error",
         checks=ReadinessChecks(
-            database="ok" if database_ok else "error", redis="ok" if redis_ok else "degraded"
+            database="ok" if database_ok else "error",
+            redis="degraded" if any(redis_degraded.values()) else "ok",
         ),
     )
     metrics.set_database_up(database_ok)
@@ -98,6 +107,7 @@ async def metrics_endpoint(request: Request, credentials: MetricsCredentials) ->
                 "The metrics token is not valid.",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+    await _check_redis(request)  # tessera_redis_degraded as of this scrape
     body = await metrics.render(request.app.state.engine)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
@@ -113,11 +123,22 @@ async def _check_database(request: Request) -> bool:
         return False
 
 
-async def _check_redis(request: Request) -> bool:
+async def _check_redis(request: Request) -> dict[metrics.RedisComponent, bool]:
+    """Whether each Redis user is degraded: Redis does not serve (every node asked), or the
+    component itself met a failure lately (a lost master's tenants, timeouts under load).
+    Sets tessera_redis_degraded."""
+    state = request.app.state
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            await request.app.state.redis.ping()
-        return True
+            serves = await redis_serves(state.redis)
+        if not serves:
+            logger.warning("readiness: redis check failed: cluster state not ok")
     except Exception as exc:
         logger.warning("readiness: redis check failed: %s", type(exc).__name__)
-        return False
+        serves = False
+    degraded: dict[metrics.RedisComponent, bool] = {
+        "cache": not serves or state.cache.outages.failing(),
+        "rate_limiter": not serves or state.rate_limiter.outages.failing(),
+    }
+    metrics.set_redis_degraded(degraded)
+    return degraded
