@@ -122,8 +122,8 @@ DATABASE_UP = Gauge(
 )
 REDIS_DEGRADED = Gauge(
     "tessera_redis_degraded",
-    "1 while this Redis user cannot use Redis (a node down, a Cluster not ok, or a failure "
-    "in the last 15 s), else 0; set by /readyz and at scrape time.",
+    "1 while this Redis user cannot use Redis (a node down, a Cluster not ok, or its latest "
+    "Redis call failed), else 0; set by /readyz and at scrape time.",
     ("component",),
     registry=REGISTRY,
 )

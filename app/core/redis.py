@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -84,12 +83,6 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-# A component that met a Redis failure this recently reports Redis degraded (/readyz, the
-# tessera_redis_degraded gauge): long enough to span the scrapes of a failure that recurs
-# with each request of the tenants on a lost master, short enough to clear soon after.
-REDIS_FAILURE_RECENT_SECONDS = 15.0
-
-
 async def redis_serves(redis: Any) -> bool:
     """Whether every node answers and, on a Cluster, says cluster_state:ok (a cluster that
     refuses commands still answers PING)."""
@@ -105,25 +98,22 @@ class RedisOutageLog:
     """Counts Redis failures of one component and logs a warning at most once per interval.
 
     During an outage every request fails the same way; one line per interval says so without
-    flooding the logs, and `failures` keeps the full count.
+    flooding the logs, and `failures` keeps the full count. `failing` is whether the
+    component's latest Redis call failed (its successes clear it: one attribute store).
     """
 
     def __init__(self, component: str, *, interval_seconds: float = 30.0) -> None:
         self.component = component
         self.interval_seconds = interval_seconds
         self.failures = 0
-        self.last_failure = -math.inf  # monotonic
+        self.failing = False
         self._suppressed = 0
         self._last_logged: float | None = None
 
-    def failing(self) -> bool:
-        """Whether the component met a Redis failure in the last REDIS_FAILURE_RECENT_SECONDS."""
-        return time.monotonic() - self.last_failure < REDIS_FAILURE_RECENT_SECONDS
-
     def report(self, exc: BaseException) -> None:
         self.failures += 1
+        self.failing = True
         now = time.monotonic()
-        self.last_failure = now
         if self._last_logged is not None and now - self._last_logged < self.interval_seconds:
             self._suppressed += 1
             return

@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import app.core.redis as redis_module
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from app.services.tenants import create_tenant
@@ -123,13 +121,6 @@ async def redis_readiness(client: httpx.AsyncClient) -> tuple[str, dict[str, flo
 
 DEGRADED = ("degraded", {"cache": 1.0, "rate_limiter": 1.0})
 OK = ("ok", {"cache": 0.0, "rate_limiter": 0.0})
-
-
-@pytest.fixture(autouse=True)
-def short_failure_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis failures count for readiness for 1 s instead of 15, so that recovery shows
-    within these tests."""
-    monkeypatch.setattr(redis_module, "REDIS_FAILURE_RECENT_SECONDS", 1.0)
 
 
 async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(

@@ -48,8 +48,8 @@ async def healthz() -> Health:
     summary="Readiness: PostgreSQL reachable (Redis is optional)",
     description=(
         "`redis` is `degraded` while the cache or the rate limiter cannot use Redis: a node "
-        "does not answer, a Cluster is not `cluster_state:ok`, or either met a Redis failure "
-        "in the last 15 s. `tessera_redis_degraded{component}` says which."
+        "does not answer, a Cluster is not `cluster_state:ok`, or the latest Redis call of "
+        "either failed. `tessera_redis_degraded{component}` says which."
     ),
     responses={503: {"model": Readiness, "description": "PostgreSQL is unreachable"}},
 )
@@ -125,7 +125,7 @@ async def _check_database(request: Request) -> bool:
 
 async def _check_redis(request: Request) -> dict[metrics.RedisComponent, bool]:
     """Whether each Redis user is degraded: Redis does not serve (every node asked), or the
-    component itself met a failure lately (a lost master's tenants, timeouts under load).
+    component's latest Redis call failed (timeouts under load, a refused script).
     Sets tessera_redis_degraded."""
     state = request.app.state
     try:
@@ -137,8 +137,8 @@ async def _check_redis(request: Request) -> dict[metrics.RedisComponent, bool]:
         logger.warning("readiness: redis check failed: %s", type(exc).__name__)
         serves = False
     degraded: dict[metrics.RedisComponent, bool] = {
-        "cache": not serves or state.cache.outages.failing(),
-        "rate_limiter": not serves or state.rate_limiter.outages.failing(),
+        "cache": not serves or state.cache.outages.failing,
+        "rate_limiter": not serves or state.rate_limiter.outages.failing,
     }
     metrics.set_redis_degraded(degraded)
     return degraded
