@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from app.core.config import Settings
-from app.core.redis import build_redis
-from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.redis.client import build_redis
+from app.services.cache import TenantCache
+from app.services.cache_entries import CachedResponse, CacheKey
 from app.services.rate_limiter import RateLimitExceeded, TenantRateLimiter
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter
@@ -101,7 +102,7 @@ async def test_the_api_caches_invalidates_and_limits_on_a_cluster(
 def test_a_tenant_keys_share_one_slot() -> None:
     from redis.crc import key_slot
 
-    from app.services.cache import generation_key, version_key
+    from app.services.cache_entries import generation_key, version_key
     from app.services.rate_limiter import parse_windows, window_key
 
     slug = "acme-corp"

@@ -12,8 +12,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.core import metrics
-from app.core.errors import problem_response
+from app import metrics
+from app.api import instrumentation
+from app.api.problems import problem_response
 
 logger = logging.getLogger("tessera.health")
 
@@ -91,14 +92,14 @@ async def metrics_endpoint(request: Request, credentials: MetricsCredentials) ->
                 "This endpoint requires Authorization: Bearer <METRICS_TOKEN>.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not metrics.token_matches(expected, credentials.credentials):
+        if not instrumentation.token_matches(expected, credentials.credentials):
             return problem_response(
                 401,
                 "invalid_token",
                 "The metrics token is not valid.",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-    body = await metrics.render(request.app.state.engine)
+    body = await instrumentation.render(request.app.state.engine)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 

@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
-from app.core.resp import RespClient
+from app.redis.resp import RespClient
 
 logger = logging.getLogger("tessera.redis")
 
