@@ -18,14 +18,16 @@ makes it; tests/integration/test_cached_reads.py sends the same requests both wa
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints
 
 from fastapi import APIRouter, Request, Response
-from fastapi.dependencies.utils import request_params_to_args
+from fastapi._compat.shared import field_annotation_is_sequence
+from fastapi.dependencies.utils import get_validation_alias
 from fastapi.routing import RouteContext, iter_route_contexts
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.datastructures import QueryParams, State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -167,19 +169,54 @@ def declaration_of(route: RouteContext) -> ReadDeclaration | None:
     return declaration
 
 
-def read_of(route: RouteContext, path_params: dict[str, str], query: bytes) -> CachedRead | None:
-    """The CachedRead a request for `route` stands for, its parameters validated by the
-    route's own declarations; None when they refuse it (the route then answers 422)."""
-    declaration = declaration_of(route)
-    assert declaration is not None
-    dependant = route.dependant
-    from_path, path_errors = request_params_to_args(dependant.path_params, path_params)
-    from_query, query_errors = request_params_to_args(
-        dependant.query_params, QueryParams(query.decode("latin-1"))
+@dataclass(frozen=True, slots=True)
+class _GetRoute:
+    """One GET route of the app as the early path matches it; `params` (cached routes
+    only) validates its path and query parameters."""
+
+    context: RouteContext
+    regex: re.Pattern[str]
+    declaration: ReadDeclaration | None
+    params: type[BaseModel] | None
+    query_aliases: tuple[str, ...]
+
+    def read(self, path_params: dict[str, str], query: bytes) -> CachedRead | None:
+        """The CachedRead a request for this route stands for, its parameters validated
+        by the route's own declarations; None when they refuse it (the route then answers
+        422). Repeated query parameters count by their last value, as in FastAPI."""
+        assert self.declaration is not None and self.params is not None
+        given: dict[str, Any] = dict(path_params)
+        if query:
+            received = QueryParams(query)
+            given.update((a, received[a]) for a in self.query_aliases if a in received)
+        try:
+            values = self.params.model_validate(given)
+        except ValidationError:
+            return None
+        return self.declaration(**values.__dict__)
+
+
+def _get_route(context: RouteContext) -> _GetRoute:
+    declaration = declaration_of(context)
+    if declaration is None:
+        return _GetRoute(context, context.path_regex, None, None, ())
+    dependant = context.dependant
+    for field in dependant.query_params:
+        if field_annotation_is_sequence(field.field_info.annotation):
+            raise TypeError(f"{context.path_format}: a cached read takes no list parameter")
+    # The very FieldInfo objects the route declares (constraints, aliases, defaults),
+    # validated by pydantic as one model instead of field by field: FastAPI's own
+    # request_params_to_args reads each field's annotation again on every call, which cost
+    # more than the rest of a cached read.
+    definitions: dict[str, Any] = {
+        f.name: (f.field_info.annotation, f.field_info)
+        for f in (*dependant.path_params, *dependant.query_params)
+    }
+    params = create_model(
+        f"{declaration.__name__}_params", __config__=ConfigDict(extra="ignore"), **definitions
     )
-    if path_errors or query_errors:
-        return None
-    return declaration(**from_path, **from_query)
+    aliases = tuple(get_validation_alias(f) for f in dependant.query_params)
+    return _GetRoute(context, context.path_regex, declaration, params, aliases)
 
 
 class CachedReadsFirst:
@@ -189,24 +226,24 @@ class CachedReadsFirst:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # The app's GET routes under /v1/, in routing order, each with whether it is cached.
-        self._routes: list[tuple[RouteContext, bool]] | None = None
+        # The app's GET routes, in routing order.
+        self._routes: list[_GetRoute] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             found = self._match(scope)
             if found is not None:
                 route, path_params = found
-                read = read_of(route, path_params, scope["query_string"])
+                read = route.read(path_params, scope["query_string"])
                 if read is not None:
                     await self._answer(scope, receive, send, route, read)
                     return
         await self.app(scope, receive, send)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, route: RouteContext, read: CachedRead
+        self, scope: Scope, receive: Receive, send: Send, route: _GetRoute, read: CachedRead
     ) -> None:
-        scope["route"] = route  # for the access log, as routing would set it
+        scope["route"] = route.context  # for the access log, as routing would set it
         state = scope["app"].state
         authorization = header_value(scope, b"authorization")
         response: Response
@@ -230,23 +267,24 @@ class CachedReadsFirst:
             )
         await response(scope, receive, send)
 
-    def _match(self, scope: Scope) -> tuple[RouteContext, dict[str, str]] | None:
+    def _match(self, scope: Scope) -> tuple[_GetRoute, dict[str, str]] | None:
         """The route FastAPI would route this GET to, with its path parameters, when it is a
         cached one; else None."""
         routes = self._routes
         if routes is None:
-            routes = self._routes = _get_routes(scope["app"].routes)
+            routes = self._routes = get_routes(scope["app"].routes)
         path: str = scope["path"]
-        for route, cached in routes:
-            match = route.path_regex.match(path)
+        for route in routes:
+            match = route.regex.match(path)
             if match is not None:
-                return (route, match.groupdict()) if cached else None
+                return None if route.declaration is None else (route, match.groupdict())
         return None
 
 
-def _get_routes(app_routes: list[Any]) -> list[tuple[RouteContext, bool]]:
+def get_routes(app_routes: list[Any]) -> list[_GetRoute]:
+    """The app's GET routes in routing order, as the early path matches them."""
     return [
-        (route, declaration_of(route) is not None)
-        for route in iter_route_contexts(app_routes)
-        if "GET" in (route.methods or ()) and getattr(route, "path_regex", None) is not None
+        _get_route(context)
+        for context in iter_route_contexts(app_routes)
+        if "GET" in (context.methods or ()) and getattr(context, "path_regex", None) is not None
     ]
