@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from app.api.dependencies.rate_limit import rate_limit_dependency
-from app.api.dependencies.tenant import get_current_tenant
+from app import metrics
+from app.api.admission import get_admission
+from app.api.cached_reads import CachedReadsFirst
 from app.api.endpoints import audit, platform, projects, tasks, tenant_self, tenants
-from app.api.fastpath import CachedReadFastPath
-from app.core import metrics
+from app.api.instrumentation import instrument
+from app.api.middleware import RequestContextMiddleware
+from app.api.problems import install_error_handlers
+from app.auth.tokens import TokenVerifier
 from app.core.config import Settings, get_settings
-from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
-from app.core.middleware import RequestContextMiddleware
-from app.core.redis import build_redis
-from app.core.security import TokenVerifier
 from app.db.engine import build_engine
-from app.db.session import release_parked
+from app.db.pool import TenantConnections
+from app.redis.client import build_redis
+from app.runtime import tuned_for_serving
 from app.services.cache import TenantCache
 from app.services.rate_limiter import TenantRateLimiter
 from app.services.tenants import TenantRegistry
-
-# Collector thresholds while serving (young, middle, oldest); measured in decision 0013.
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = build_engine(settings)
+        app.state.connections = TenantConnections.for_settings(app.state.engine, settings)
         app.state.redis = build_redis(settings)
         app.state.token_verifier = TokenVerifier(settings)  # fetches keys lazily, never at start
         app.state.tenant_registry = TenantRegistry(app.state.engine, settings)
@@ -53,28 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_result=metrics.record_cache,
         )
         app.state.tenant_registry.start()  # listens in the background; never waits here
-        # Everything built so far lives as long as the process. Moved out of the collector's
-        # reach, it is never scanned again: a full collection over it took 144 ms on the
-        # benchmark machine, a pause every request in flight would wait for.
-        gc.collect()
-        gc.freeze()
-        # What a request allocates dies by reference counting; only what is in flight when
-        # a young collection runs survives it, and with CPython's default (700) that made
-        # each request's objects reach the oldest generation, whose full collection then ran
-        # every 1.3 s over every tenant's cached state (tokens, registry entries): 30-140 ms
-        # pauses, growing with the tenant count. Rarer young collections promote far less
-        # (docs/decisions/0013-garbage-collector-at-scale.md).
-        thresholds = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLDS)
         try:
-            yield
+            with tuned_for_serving():
+                yield
         finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()  # collectable again: a process may build more apps (the tests do)
             await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
-            await release_parked(app.state.engine)
+            await app.state.connections.aclose()
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -82,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Multi-tenant SaaS backend: one PostgreSQL schema per tenant.",
         lifespan=lifespan,
-        # Tessera's telemetry is Prometheus (app/core/metrics.py) and JSON logs. FastAPI's
+        # Tessera's telemetry is Prometheus (app/metrics.py) and JSON logs. FastAPI's
         # native OpenTelemetry would otherwise look for global providers on every request
         # (about 20 µs each, docs/profile.md) to find none.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -94,18 +78,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,
     # access log line and metrics.
-    app.add_middleware(CachedReadFastPath)
+    app.add_middleware(CachedReadsFirst)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
     metrics.configure(settings.metrics_max_tenants)
-    metrics.instrument(app)
+    instrument(app)
     return app
 
 
 def tenant_api_router() -> APIRouter:
-    """Every /v1 route: principal, tenant and rate limit resolve before the endpoint's pinned
-    connection is opened, so a refused request never takes a database connection."""
-    router = APIRouter(dependencies=[Depends(rate_limit_dependency(get_current_tenant))])
+    """Every /v1 route: admission (principal, tenant, rate limit) resolves before the
+    endpoint's pinned connection is opened, so a refused request never takes a database
+    connection."""
+    router = APIRouter(dependencies=[Depends(get_admission)])
     for resource in (tenant_self.router, projects.router, tasks.router, audit.router):
         router.include_router(resource)
     return router

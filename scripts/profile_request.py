@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from asgi_lifespan import LifespanManager  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from app.api.instrumentation import RouteTemplateMiddleware  # noqa: E402
 from app.core.config import Settings  # noqa: E402
-from app.core.metrics import RouteTemplateMiddleware  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
@@ -181,11 +181,10 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     from sqlalchemy import select
 
     from app.db.models.tenant import projects as projects_table
-    from app.db.session import tenant_transaction
     from app.db.tenancy import TenantSchema
 
     location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
-    async with tenant_transaction(app.state.engine, location) as session:
+    async with app.state.connections.transaction(location) as session:
         project_id = await session.scalar(select(projects_table.c.id).limit(1))
     read = f"/v1/projects/{project_id}"
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from redis.asyncio import Redis  # noqa: E402
 
-from app.core.resp import RespClient  # noqa: E402
-from app.services.rate_limiter import _FIXED_WINDOWS_LUA  # noqa: E402
+from app.redis.resp import RespClient  # noqa: E402
+from app.redis.scripts import COUNT_REQUEST  # noqa: E402
 
 KEYS = ["tessera:{cost-a}:rl:1s", "tessera:{cost-a}:rl:60s"]
 # Limits nobody reaches, so every call counts (the common case on the hot path).
@@ -86,7 +86,7 @@ async def measure(url: str, n: int, rounds: int) -> list[Row]:
     built = {name: build() for name, build in clients(url).items()}
     calls: dict[str, Callable[[], Awaitable[Any]]] = {}
     for name, client in built.items():
-        script = client.register_script(_FIXED_WINDOWS_LUA)
+        script = client.register_script(COUNT_REQUEST)
 
         async def call(script: Any = script) -> Any:
             return await script(keys=KEYS, args=ARGS)

@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.migrate import migrate_shared
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import release_parked
 from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.tenants import create_tenant
@@ -222,8 +222,16 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     eng = build_engine(settings)
     await migrate_shared(eng)
     yield eng
-    await release_parked(eng)
     await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+async def connections(engine: AsyncEngine) -> AsyncIterator[TenantConnections]:
+    """The request path's connections over the session engine (tests/support.py, direct
+    tenant transactions)."""
+    conns = TenantConnections(engine)
+    yield conns
+    await conns.aclose()
 
 
 async def _drop_test_roles() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.core import metrics
+from app import metrics
 
 # The sample names each metric type exposes besides its family name.
 _SUFFIXES = {

@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import tenant_transaction
 from app.db.tenancy import TenantSchema
 from app.main import create_app
 
@@ -34,7 +34,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
 async def count_rows(engine: AsyncEngine, tenant: TenantRecord, table: str) -> int:
     """Rows in one of the tenant's tables, read through the same pinning as a request."""
     location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
-    async with tenant_transaction(engine, location) as conn:
+    async with TenantConnections(engine).transaction(location) as conn:
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from app.core.config import Settings, get_settings
-from app.core.redis import build_redis
 from app.db.engine import build_engine
 from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
+from app.redis.client import build_redis
 from app.services.cache import TenantCache
 
 
@@ -124,7 +124,7 @@ def _create_tenant(args: argparse.Namespace) -> int:
 
 async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.config import validate_rate_limit
-    from app.db.tenancy import slug_problem
+    from app.core.slugs import slug_problem
     from app.services.tenants import TenantExists, create_tenant
 
     problem = slug_problem(args.slug)

@@ -13,6 +13,16 @@ from app.core.context import request_id_var, tenant_var
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event_fields"}
 
 
+def _add_context(fields: dict[str, Any]) -> None:
+    """The request id and tenant of the request being served, when there is one."""
+    request_id = request_id_var.get()
+    if request_id:
+        fields["request_id"] = request_id
+    tenant = tenant_var.get()
+    if tenant:
+        fields["tenant"] = tenant
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -21,12 +31,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        request_id = request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        tenant = tenant_var.get()
-        if tenant:
-            entry["tenant"] = tenant
+        _add_context(entry)
         fields = getattr(record, "event_fields", None)
         if fields:
             entry.update(fields)
@@ -41,12 +46,7 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = dict(getattr(record, "event_fields", None) or {})
-        request_id = request_id_var.get()
-        if request_id:
-            fields["request_id"] = request_id
-        tenant = tenant_var.get()
-        if tenant:
-            fields["tenant"] = tenant
+        _add_context(fields)
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         line = f"{record.levelname:<7} {record.name}: {record.getMessage()} {extra}".rstrip()
         if record.exc_info:

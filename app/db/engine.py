@@ -9,7 +9,6 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.core.config import Settings
-from app.db.session import bound_schemas_per_connection
 
 
 def _unique_statement_name() -> str:
@@ -39,7 +38,6 @@ def build_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=False,
         connect_args=connect_args,
     )
-    bound_schemas_per_connection(engine, settings.db_max_schemas_per_connection)
     return engine
 
 

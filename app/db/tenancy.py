@@ -18,14 +18,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from app.core.slugs import slug_problem
 from app.db.models.base import PLATFORM_SCHEMA, tenant_metadata
 
-SLUG_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
-SLUG_MIN, SLUG_MAX = 3, 40
-RESERVED_SLUGS = frozenset(
-    {"admin", "public", "api", "www", "system", "root", "postgres", "template", "default"}
-)
-_SLUG_RE = re.compile(SLUG_PATTERN)
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -35,20 +30,6 @@ class TenantSchema:
 
     schema: str
     role: str
-
-
-def slug_problem(slug: str) -> str | None:
-    """Why `slug` cannot name a tenant, or None when it can."""
-    if not SLUG_MIN <= len(slug) <= SLUG_MAX:
-        return f"must be {SLUG_MIN}-{SLUG_MAX} characters"
-    if not _SLUG_RE.fullmatch(slug):
-        return (
-            "must start with a letter and be lowercase letters and digits, "
-            "in groups joined by single hyphens"
-        )
-    if slug in RESERVED_SLUGS or slug.startswith("pg"):
-        return "is reserved"
-    return None
 
 
 def schema_for(slug: str, role_prefix: str = "") -> TenantSchema:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.core.config import validate_rate_limit
-from app.db.tenancy import SLUG_MAX, SLUG_MIN, slug_problem
+from app.core.slugs import SLUG_MAX, SLUG_MIN, slug_problem
 from app.schemas.common import RequestModel, SafeStr
 
 Plan = Literal["free", "pro", "enterprise"]

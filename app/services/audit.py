@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime
 
 from app.core.context import request_id_var
+from app.db.executor import Executor
 from app.db.repositories import audit as repo
 from app.db.repositories.audit import AuditEventRecord
-from app.db.session import Executor
 from app.services.pagination import cut_page, decode_cursor
 
 

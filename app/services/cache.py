@@ -22,169 +22,30 @@ was stored before the first change and has expired by then; random values never 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
-from app.services.rate_limiter import COUNT_REQUEST_LUA, Count
+from app.redis import scripts
+from app.redis.client import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
+from app.services.cache_entries import (
+    CachedResponse,
+    CacheKey,
+    generation_key,
+    lookup_inputs,
+    version_key,
+)
+from app.services.rate_limiter import Count
 
 logger = logging.getLogger("tessera.cache")
 
 CacheResult = Literal["hit", "miss", "error"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
-
-# One round trip for a lookup: read the generation and the version (the collection's for a
-# page, the resource's otherwise), build the entry key, read the entry. The key and what was
-# seen come back so that a miss is stored only under those (see _STORE_LUA). Entry keys are
-# built inside the script, which Redis Cluster accepts because they share the tenant's hash
-# tag (slot). A Lua function, so that one script can also count the request (_COUNTED_LUA).
-_LOOKUP_FUNCTION_LUA = """
-local function lookup(generation_key, version_key, prefix, what, tail)
-  local generation = redis.call('GET', generation_key) or '0'
-  local version = redis.call('GET', version_key) or '0'
-  local key = prefix .. generation .. ':' .. what .. '@' .. version .. tail
-  return {key, redis.call('GET', key), generation, version}
-end
-"""
-# KEYS: generation, version. ARGV: prefix, "<collection>" or "<collection>:<id>", tail.
-_LOOKUP_LUA = _LOOKUP_FUNCTION_LUA + "return lookup(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n"
-
-# A cached read's only round trip when its entry is there: count the request against the
-# tenant's rate limit, and look the entry up unless the request was refused. The rate-limit
-# keys carry the same hash tag, so this works on Redis Cluster too.
-# KEYS: the n window counters, then generation and version (absent: count only).
-# ARGV: n, the n amounts, the n window lengths in ms, then the lookup's three arguments.
-_COUNTED_LUA = (
-    COUNT_REQUEST_LUA
-    + _LOOKUP_FUNCTION_LUA
-    + """
-local n = tonumber(ARGV[1])
-local keys, args = {}, {}
-for i = 1, n do keys[i] = KEYS[i] end
-for i = 1, 2 * n do args[i] = ARGV[1 + i] end
-local counted = count_request(keys, args)
-if counted[1] == 1 or #KEYS == n then return {counted} end
-local a = 2 * n + 1
-return {counted, lookup(KEYS[n + 1], KEYS[n + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])}
-"""
-)
-
-# Store a loaded response only if nothing was invalidated since its lookup.
-# KEYS: generation, version, entry. ARGV: generation seen, version seen, value, TTL in ms.
-_STORE_LUA = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-return 1
-"""
-
-# One round trip for a write: a fresh version for every resource and collection it touched.
-# KEYS: version keys. ARGV: the new version, its TTL in ms.
-_INVALIDATE_LUA = """
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
-end
-return #KEYS
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """What is cached: one resource of a collection, or one page of its listing.
-
-    Collections may nest: `projects/<project_id>/tasks` names the tasks of one project.
-    """
-
-    collection: str
-    resource_id: str | None = None
-    query: str | None = None
-
-    def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.collection):
-            raise ValueError(f"collection {self.collection!r} is not a cache name")
-        if self.resource_id is not None and not _NAME.fullmatch(self.resource_id):
-            raise ValueError(f"resource id {self.resource_id!r} is not a cache name")
-        if (self.resource_id is None) == (self.query is None):
-            raise ValueError("a cache key names either one resource or one page")
-
-    @classmethod
-    def resource(cls, collection: str, resource_id: str) -> CacheKey:
-        return cls(collection, resource_id=resource_id)
-
-    @classmethod
-    def page(cls, collection: str, query: str = "") -> CacheKey:
-        """One page of a listing; `query` is the canonical form of its parameters."""
-        return cls(collection, query=query)
-
-    @classmethod
-    def pages(cls, collection: str) -> CacheKey:
-        """Every page of a collection's listing (for invalidate)."""
-        return cls(collection, query="")
-
-    @property
-    def is_page(self) -> bool:
-        return self.query is not None
-
-    @property
-    def versioned(self) -> str:
-        """What carries this entry's version: the collection for a page, else the resource."""
-        return self.collection if self.is_page else f"{self.collection}:{self.resource_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class CachedResponse:
-    """A response as it goes on the wire, enough to answer a later GET (or its 304)."""
-
-    body: bytes
-    status: int = 200
-    media_type: str = "application/json"
-    etag: str | None = None
-
-    def encode(self) -> bytes:
-        head = {"s": self.status, "t": self.media_type, "e": self.etag}
-        return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.body
-
-    @classmethod
-    def decode(cls, raw: bytes) -> CachedResponse:
-        head_raw, _, body = raw.partition(b"\n")
-        head = json.loads(head_raw)
-        return cls(body=body, status=int(head["s"]), media_type=str(head["t"]), etag=head["e"])
-
 
 def _noop_result(result: CacheResult) -> None:
     return None
-
-
-def tenant_prefix(tenant_slug: str) -> str:
-    return f"tessera:{{{tenant_slug}}}:"
-
-
-def generation_key(tenant_slug: str) -> str:
-    return f"{tenant_prefix(tenant_slug)}gen"
-
-
-def version_key(tenant_slug: str, versioned: str) -> str:
-    """The version of a collection's pages (`projects`) or of one resource (`projects:<id>`)."""
-    return f"{tenant_prefix(tenant_slug)}ver:{versioned}"
-
-
-def _lookup_inputs(tenant_slug: str, key: CacheKey) -> tuple[str, str, list[str]]:
-    """The generation and version keys of a lookup, and its three arguments."""
-    if key.is_page:
-        what, tail = key.collection, f":{key.query}"
-    else:
-        what, tail = f"{key.collection}:{key.resource_id}", ""
-    return (
-        generation_key(tenant_slug),
-        version_key(tenant_slug, key.versioned),
-        [tenant_prefix(tenant_slug), what, tail],
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +100,10 @@ class TenantCache:
         self.timeout_seconds = timeout_seconds
         self.on_result = on_result
         self.outages = RedisOutageLog("cache", interval_seconds=outage_log_interval_seconds)
-        self._lookup = redis.register_script(_LOOKUP_LUA)
-        self._store_if_current = redis.register_script(_STORE_LUA)
-        self._invalidate = redis.register_script(_INVALIDATE_LUA)
-        self._counted = redis.register_script(_COUNTED_LUA)
+        self._lookup = redis.register_script(scripts.LOOKUP)
+        self._store_if_current = redis.register_script(scripts.STORE_IF_CURRENT)
+        self._invalidate = redis.register_script(scripts.INVALIDATE)
+        self._counted = redis.register_script(scripts.COUNT_AND_LOOKUP)
         self._own_timeout = own_timeout(redis, timeout_seconds)
         # In-process single flight: concurrent misses on one entry share one load. Across
         # replicas an entry may be computed more than once, which is harmless.
@@ -269,7 +130,7 @@ class TenantCache:
         keys: list[str] = list(count.keys)
         args: list[Any] = [len(count.keys), *count.args]
         if key is not None:
-            gen_key, ver_key, lookup_args = _lookup_inputs(count.tenant_slug, key)
+            gen_key, ver_key, lookup_args = lookup_inputs(count.tenant_slug, key)
             keys += [gen_key, ver_key]
             args += lookup_args
         try:
@@ -379,7 +240,7 @@ class TenantCache:
             return await self._run_lookup(tenant_slug, key)
 
     async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[_Lookup, bytes | None]:
-        gen_key, ver_key, lookup_args = _lookup_inputs(tenant_slug, key)
+        gen_key, ver_key, lookup_args = lookup_inputs(tenant_slug, key)
         entry_key, raw, generation, version = await self._lookup(
             keys=[gen_key, ver_key], args=lookup_args
         )

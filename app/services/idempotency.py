@@ -18,9 +18,9 @@ from datetime import timedelta
 from typing import Any
 
 from app.core.errors import BadRequest, Conflict, UnprocessableEntity
+from app.db.executor import Executor
 from app.db.repositories import idempotency as repo
 from app.db.repositories.idempotency import IdempotencyRecord
-from app.db.session import Executor
 
 PURGE_PER_NEW_KEY = 10
 KEEP_FOR = timedelta(hours=24)

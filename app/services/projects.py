@@ -5,16 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 
-from app.core.errors import NotFound, PreconditionFailed
+from app.core.errors import NotFound
+from app.db.executor import Executor
 from app.db.repositories import projects as repo
-from app.db.repositories.projects import ProjectRecord
-from app.db.session import Executor
+from app.db.repositories.projects import ProjectRecord as ProjectRecord  # the service's types
 from app.schemas.projects import ProjectCreate, ProjectUpdate
-from app.services.audit import record_event
 from app.services.clock import utcnow
 from app.services.pagination import created, cut_page, decode_cursor
-
-RESOURCE = "project"
+from app.services.versioned import Resource
 
 
 class ProjectNotFound(NotFound):
@@ -25,9 +23,9 @@ class ProjectNotFound(NotFound):
         super().__init__("No project with this id.")
 
 
-class VersionMismatch(PreconditionFailed):
-    def __init__(self) -> None:
-        super().__init__("If-Match does not match the current ETag of this resource.")
+PROJECT: Resource[ProjectRecord] = Resource(
+    "project", ProjectNotFound, repo.get_project, repo.PROJECTS
+)
 
 
 async def create_project(conn: Executor, body: ProjectCreate, *, actor: str) -> ProjectRecord:
@@ -35,22 +33,12 @@ async def create_project(conn: Executor, body: ProjectCreate, *, actor: str) -> 
     record = await repo.insert_project(
         conn, id=uuid.uuid4(), name=body.name, description=body.description, at=at
     )
-    await record_event(
-        conn,
-        actor=actor,
-        action="project.created",
-        resource_type=RESOURCE,
-        resource_id=record.id,
-        at=at,
-    )
+    await PROJECT.record(conn, "created", record.id, actor=actor, at=at)
     return record
 
 
 async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:
-    record = await repo.get_project(conn, project_id)
-    if record is None:
-        raise ProjectNotFound()
-    return record
+    return await PROJECT.get_or_404(conn, project_id)
 
 
 async def list_projects(
@@ -69,50 +57,15 @@ async def update_project(
     actor: str,
     versions: Collection[int] | None,
 ) -> ProjectRecord:
-    """Partial update; `versions` (from If-Match) None means unconditional."""
-    changes = body.model_dump(exclude_unset=True)
-    if not changes:
-        # Nothing to change: no new version, no event; the precondition still applies.
-        current = await get_project(conn, project_id)
-        if versions is not None and current.version not in versions:
-            raise VersionMismatch()
-        return current
-    at = utcnow()
-    record = await repo.update_project(conn, project_id, changes, at=at, versions=versions)
-    if record is None:
-        raise await _missing_or_mismatch(conn, project_id)
-    await record_event(
-        conn,
-        actor=actor,
-        action="project.updated",
-        resource_type=RESOURCE,
-        resource_id=record.id,
-        at=at,
+    """The fields sent; `versions` (from If-Match) None means unconditional."""
+    record: ProjectRecord = await PROJECT.update(
+        conn, project_id, body, actor=actor, versions=versions
     )
     return record
 
 
 async def delete_project(
-    conn: Executor,
-    project_id: uuid.UUID,
-    *,
-    actor: str,
-    versions: Collection[int] | None,
+    conn: Executor, project_id: uuid.UUID, *, actor: str, versions: Collection[int] | None
 ) -> None:
     """Delete the project and, by the foreign key's cascade, its tasks."""
-    if not await repo.delete_project(conn, project_id, versions=versions):
-        raise await _missing_or_mismatch(conn, project_id)
-    await record_event(
-        conn,
-        actor=actor,
-        action="project.deleted",
-        resource_type=RESOURCE,
-        resource_id=project_id,
-        at=utcnow(),
-    )
-
-
-async def _missing_or_mismatch(conn: Executor, project_id: uuid.UUID) -> Exception:
-    if await repo.project_exists(conn, project_id):
-        return VersionMismatch()
-    return ProjectNotFound()
+    await PROJECT.delete(conn, project_id, actor=actor, versions=versions)

@@ -20,7 +20,8 @@ from typing import Any
 from limits import RateLimitItem, parse_many
 
 from app.core.errors import RateLimited, ServiceUnavailable
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
+from app.redis import scripts
+from app.redis.client import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
 
 logger = logging.getLogger("tessera.rate_limit")
 
@@ -28,47 +29,6 @@ HEADER_LIMIT = "X-RateLimit-Limit"
 HEADER_REMAINING = "X-RateLimit-Remaining"
 HEADER_RESET = "X-RateLimit-Reset"
 HEADER_RETRY_AFTER = "Retry-After"
-
-# Fixed windows that start at a tenant's first request (limits' FixedWindowRateLimiter
-# semantics), every window of the tenant checked and counted atomically. A rejected request
-# counts against nothing, so a tenant hammering a short window does not burn its long one.
-# Returns {blocked, count_1, pttl_1, count_2, pttl_2, ...}: the window arithmetic needs
-# nothing more, so there is no second "stats" call. A Lua function, so that the cached read
-# (app/services/cache.py) can count the request and look up its entry in one script.
-# keys: the window counters; args: their amounts, then their lengths in ms.
-COUNT_REQUEST_LUA = """
-local function count_request(keys, args)
-  local n = #keys
-  local counts = {}
-  local blocked = 0
-  for i = 1, n do
-    local count = tonumber(redis.call('GET', keys[i]) or '0')
-    counts[i] = count
-    if count + 1 > tonumber(args[i]) then blocked = 1 end
-  end
-  local out = {blocked}
-  for i = 1, n do
-    local count = counts[i]
-    local window = tonumber(args[n + i])
-    if blocked == 0 then
-      count = redis.call('INCR', keys[i])
-      if count == 1 then redis.call('PEXPIRE', keys[i], window) end
-    end
-    local ttl = redis.call('PTTL', keys[i])
-    if ttl == -1 then
-      redis.call('PEXPIRE', keys[i], window)
-      ttl = window
-    elseif ttl == -2 then
-      ttl = window
-    end
-    out[#out + 1] = count
-    out[#out + 1] = ttl
-  end
-  return out
-end
-"""
-
-_FIXED_WINDOWS_LUA = COUNT_REQUEST_LUA + "return count_request(KEYS, ARGV)\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +141,7 @@ class TenantRateLimiter:
         self.timeout_seconds = timeout_seconds
         self.on_rejection = on_rejection
         self.outages = RedisOutageLog("rate_limiter", interval_seconds=outage_log_interval_seconds)
-        self._script = redis.register_script(_FIXED_WINDOWS_LUA)
+        self._script = redis.register_script(scripts.COUNT_REQUEST)
         self._own_timeout = own_timeout(redis, timeout_seconds)
 
     def windows_for(self, limit: str | None) -> tuple[Window, ...]:
@@ -220,7 +180,7 @@ class TenantRateLimiter:
         return self.settle(count, raw)
 
     def settle(self, count: Count, raw: list[Any]) -> RateLimitState:
-        """The outcome of `count_request` (COUNT_REQUEST_LUA), wherever the script ran.
+        """The outcome of `count_request` (app/redis/scripts.py), wherever the script ran.
 
         Raises RateLimitExceeded (429) when the request was refused."""
         self.outages.failing = False  # Redis answered

@@ -6,17 +6,16 @@ import uuid
 from collections.abc import Collection
 
 from app.core.errors import NotFound
+from app.db.executor import Executor
 from app.db.repositories import projects as projects_repo
 from app.db.repositories import tasks as repo
-from app.db.repositories.tasks import TaskFilter, TaskRecord
-from app.db.session import Executor
+from app.db.repositories.tasks import TaskFilter as TaskFilter  # the service's types
+from app.db.repositories.tasks import TaskRecord as TaskRecord
 from app.schemas.tasks import TaskCreate, TaskUpdate
-from app.services.audit import record_event
 from app.services.clock import utcnow
 from app.services.pagination import created, cut_page, decode_cursor
-from app.services.projects import ProjectNotFound, VersionMismatch
-
-RESOURCE = "task"
+from app.services.projects import ProjectNotFound
+from app.services.versioned import Resource
 
 
 class TaskNotFound(NotFound):
@@ -24,6 +23,9 @@ class TaskNotFound(NotFound):
 
     def __init__(self) -> None:
         super().__init__("No task with this id.")
+
+
+TASK: Resource[TaskRecord] = Resource("task", TaskNotFound, repo.get_task, repo.TASKS)
 
 
 async def create_task(
@@ -45,22 +47,12 @@ async def create_task(
             "updated_at": at,
         },
     )
-    await record_event(
-        conn,
-        actor=actor,
-        action="task.created",
-        resource_type=RESOURCE,
-        resource_id=record.id,
-        at=at,
-    )
+    await TASK.record(conn, "created", record.id, actor=actor, at=at)
     return record
 
 
 async def get_task(conn: Executor, task_id: uuid.UUID) -> TaskRecord:
-    record = await repo.get_task(conn, task_id)
-    if record is None:
-        raise TaskNotFound()
-    return record
+    return await TASK.get_or_404(conn, task_id)
 
 
 async def list_tasks(
@@ -72,7 +64,7 @@ async def list_tasks(
     cursor: str | None,
 ) -> tuple[list[TaskRecord], str | None]:
     after = decode_cursor(cursor) if cursor else None
-    if not await projects_repo.project_exists(conn, project_id):
+    if not await projects_repo.PROJECTS.exists(conn, project_id):
         raise ProjectNotFound()
     records = await repo.list_tasks(conn, project_id, filters=filters, limit=limit + 1, after=after)
     return cut_page(records, limit, created)
@@ -86,24 +78,7 @@ async def update_task(
     actor: str,
     versions: Collection[int] | None,
 ) -> TaskRecord:
-    changes = body.model_dump(exclude_unset=True)
-    if not changes:
-        current = await get_task(conn, task_id)
-        if versions is not None and current.version not in versions:
-            raise VersionMismatch()
-        return current
-    at = utcnow()
-    record = await repo.update_task(conn, task_id, changes, at=at, versions=versions)
-    if record is None:
-        raise await _missing_or_mismatch(conn, task_id)
-    await record_event(
-        conn,
-        actor=actor,
-        action="task.updated",
-        resource_type=RESOURCE,
-        resource_id=record.id,
-        at=at,
-    )
+    record: TaskRecord = await TASK.update(conn, task_id, body, actor=actor, versions=versions)
     return record
 
 
@@ -111,21 +86,5 @@ async def delete_task(
     conn: Executor, task_id: uuid.UUID, *, actor: str, versions: Collection[int] | None
 ) -> uuid.UUID:
     """Delete the task; returns the id of the project it belonged to."""
-    project_id = await repo.delete_task(conn, task_id, versions=versions)
-    if project_id is None:
-        raise await _missing_or_mismatch(conn, task_id)
-    await record_event(
-        conn,
-        actor=actor,
-        action="task.deleted",
-        resource_type=RESOURCE,
-        resource_id=task_id,
-        at=utcnow(),
-    )
+    project_id: uuid.UUID = await TASK.delete(conn, task_id, actor=actor, versions=versions)
     return project_id
-
-
-async def _missing_or_mismatch(conn: Executor, task_id: uuid.UUID) -> Exception:
-    if await repo.task_exists(conn, task_id):
-        return VersionMismatch()
-    return TaskNotFound()

@@ -18,7 +18,7 @@ from app.core.errors import Conflict, NotFound
 from app.db import tenancy
 from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
-from app.db.repositories.tenants import TenantRecord
+from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
 from app.db.tenancy import TenantSchema
 from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services.pagination import created, cut_page, decode_cursor
@@ -305,3 +305,13 @@ async def delete_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
         )
         await repo.delete_tenant(conn, slug)
     return record
+
+
+async def count_by_status(engine: AsyncEngine, head: str | None) -> list[tuple[str, int, int]]:
+    """Per status: how many tenants, and how many of them are not at `head` (for /metrics)."""
+    return await repo.count_by_status(engine, head)
+
+
+def tenant_migrations_head() -> str | None:
+    """The head revision of the tenant migrations (read once per process)."""
+    return tenant_script().get_current_head()

@@ -24,11 +24,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.db import session as session_module
+from app.db import pool as pool_module
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import tenant_transaction
 from app.db.tenancy import TenantSchema
-from app.services.cache import CacheKey
+from app.services.cache_entries import CacheKey
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter, parse_samples, value
 from tests.redis_layer.redis_servers import RedisProcess, free_port, start_redis, stop_redis
@@ -42,17 +42,17 @@ def counting_pins() -> Iterator[list[str]]:
     """Tenant transactions begun: each is pinned first thing (one BEGIN and pin, whether on
     a connection from the pool or on a parked one), so a cached read must begin none."""
     pins: list[str] = []
-    build = session_module.begin_pinned_sql
+    build = pool_module.begin_pinned_sql
 
     def record(tenant: TenantSchema, *, read_only: bool = False) -> str:
         pins.append(tenant.schema)
         return build(tenant, read_only=read_only)
 
-    session_module.begin_pinned_sql = record
+    pool_module.begin_pinned_sql = record
     try:
         yield pins
     finally:
-        session_module.begin_pinned_sql = build
+        pool_module.begin_pinned_sql = build
 
 
 def location(tenant: TenantRecord) -> TenantSchema:
@@ -305,7 +305,7 @@ async def test_writes_invalidate_after_their_commit_and_failed_ones_not_at_all(
 
     async def committed_name() -> object:
         # What a reader arriving at this instant would load from PostgreSQL.
-        async with tenant_transaction(engine, location(tenant)) as conn:
+        async with TenantConnections(engine).transaction(location(tenant)) as conn:
             return await conn.scalar(
                 text("SELECT name FROM projects WHERE id = :id"), {"id": project["id"]}
             )

@@ -17,7 +17,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 
-from app.core import metrics
+from app import metrics
+from app.api import instrumentation
 from app.core.config import Settings
 from app.core.context import tenant_var
 from app.main import create_app
@@ -298,7 +299,7 @@ async def test_tenants_gauge_reads_the_registry_at_scrape_time(
             " ('a1', 'active', 'head1'), ('a2', 'active', 'old0'), ('a3', 'active', 'head1'),"
             " ('s1', 'suspended', NULL)"
         )
-        monkeypatch.setattr(metrics, "tenant_migrations_head", lambda: "head1")
+        monkeypatch.setattr(instrumentation, "tenant_migrations_head", lambda: "head1")
         async with serve(settings.model_copy(update={"database_url": registry_database})) as client:
             first = parse_samples(await scrape(client))
             await conn.execute("UPDATE platform.tenants SET status = 'suspended' WHERE slug = 'a1'")

@@ -10,7 +10,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from app.core.config import Settings
-from app.main import GC_THRESHOLDS, create_app
+from app.main import create_app
+from app.runtime import GC_THRESHOLDS
 
 PROBLEM = "application/problem+json"
 

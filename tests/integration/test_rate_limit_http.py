@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core import metrics
+from app import metrics
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
 from tests.redis_layer.redis_servers import free_port

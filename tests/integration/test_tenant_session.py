@@ -14,18 +14,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
-from app.db import session as session_module
 from app.db.engine import build_engine
+from app.db.executor import TenantSession, prebuilt
 from app.db.models.tenant import idempotency_keys, projects, tasks
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
-from app.db.session import (
-    PARK_SECONDS,
-    TenantSession,
-    bound_schemas_per_connection,
-    prebuilt,
-    release_parked,
-    tenant_transaction,
-)
 from app.db.tenancy import TenantSchema, pin_tenant
 
 
@@ -34,37 +27,39 @@ def loc(record: TenantRecord) -> TenantSchema:
 
 
 @pytest.fixture
-async def pool_of(settings: Settings) -> AsyncIterator[Callable[..., AsyncEngine]]:
-    """Engines with pools of a given size (and overflow), released and disposed afterwards."""
-    built: list[AsyncEngine] = []
+async def pool_of(settings: Settings) -> AsyncIterator[Callable[..., TenantConnections]]:
+    """Pools of a given size (and overflow), released and disposed afterwards."""
+    built: list[TenantConnections] = []
 
-    def build(size: int, overflow: int = 0) -> AsyncEngine:
+    def build(size: int, overflow: int = 0) -> TenantConnections:
         update = {"db_pool_size": size, "db_max_overflow": overflow}
-        built.append(build_engine(settings.model_copy(update=update)))
+        built.append(TenantConnections(build_engine(settings.model_copy(update=update))))
         return built[-1]
 
     yield build
-    for engine in built:
-        await release_parked(engine)
-        await engine.dispose()
+    for connections in built:
+        await connections.aclose()
+        await connections.engine.dispose()
 
 
 @pytest.fixture
-def one_connection(pool_of: Callable[..., AsyncEngine]) -> AsyncEngine:
+def one_connection(pool_of: Callable[..., TenantConnections]) -> TenantConnections:
     return pool_of(1)
 
 
 @pytest.fixture
-def room_to_park(pool_of: Callable[..., AsyncEngine]) -> AsyncEngine:
+def room_to_park(pool_of: Callable[..., TenantConnections]) -> TenantConnections:
     """One pooled connection and room for one more: a read may park the first (a pool with
     no room left never parks, see test_a_read_never_parks_while_the_pool_is_exhausted)."""
     return pool_of(1, 1)
 
 
-async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: TenantRecord) -> None:
+async def test_round_trips_every_column_type(
+    connections: TenantConnections, tenant: TenantRecord
+) -> None:
     project_id, task_id = uuid.uuid4(), uuid.uuid4()
     now = dt.datetime.now(dt.UTC)
-    async with tenant_transaction(engine, loc(tenant)) as session:
+    async with connections.transaction(loc(tenant)) as session:
         await session.execute(
             insert(projects).values(id=project_id, name="p\u00e9", created_at=now)
         )
@@ -108,10 +103,10 @@ async def test_round_trips_every_column_type(engine: AsyncEngine, tenant: Tenant
 
 
 async def test_same_statement_shape_reuses_the_compiled_form_with_new_values(
-    engine: AsyncEngine, tenant: TenantRecord
+    connections: TenantConnections, tenant: TenantRecord
 ) -> None:
     ids = [uuid.uuid4() for _ in range(3)]
-    async with tenant_transaction(engine, loc(tenant)) as session:
+    async with connections.transaction(loc(tenant)) as session:
         for i, project_id in enumerate(ids):
             await session.execute(insert(projects).values(id=project_id, name=f"n{i}"))
         for i, project_id in enumerate(ids):
@@ -143,36 +138,38 @@ async def test_same_statement_shape_reuses_the_compiled_form_with_new_values(
 
 
 async def test_session_is_pinned_and_the_pin_ends_with_it(
-    one_connection: AsyncEngine, tenant: TenantRecord
+    one_connection: TenantConnections, tenant: TenantRecord
 ) -> None:
-    async with tenant_transaction(one_connection, loc(tenant)) as session:
+    async with one_connection.transaction(loc(tenant)) as session:
         who = (await session.execute(text("SELECT current_user, current_schema()"))).one()
         assert tuple(who) == (tenant.db_role, tenant.schema)
-    async with one_connection.connect() as conn:  # the same pooled connection
+    async with one_connection.engine.connect() as conn:  # the same pooled connection
         row = (
             await conn.execute(text("SELECT current_user, current_setting('search_path')"))
         ).one()
         assert row[0] != tenant.db_role and tenant.schema not in row[1]
 
 
-async def test_an_error_rolls_everything_back(engine: AsyncEngine, tenant: TenantRecord) -> None:
+async def test_an_error_rolls_everything_back(
+    connections: TenantConnections, tenant: TenantRecord
+) -> None:
     project_id = uuid.uuid4()
     with pytest.raises(RuntimeError):
-        async with tenant_transaction(engine, loc(tenant)) as session:
+        async with connections.transaction(loc(tenant)) as session:
             await session.execute(insert(projects).values(id=project_id, name="gone"))
             raise RuntimeError("boom")
-    async with tenant_transaction(engine, loc(tenant)) as session:
+    async with connections.transaction(loc(tenant)) as session:
         assert (
             await session.scalar(select(projects.c.id).where(projects.c.id == project_id)) is None
         )
 
 
 async def test_cancelled_request_never_leaks_its_transaction_or_pin(
-    one_connection: AsyncEngine, tenant: TenantRecord
+    one_connection: TenantConnections, tenant: TenantRecord
 ) -> None:
 
     async def slow() -> None:
-        async with tenant_transaction(one_connection, loc(tenant)) as session:
+        async with one_connection.transaction(loc(tenant)) as session:
             await session.execute(text("SELECT pg_sleep(5)"))
 
     task = asyncio.create_task(slow())
@@ -180,17 +177,17 @@ async def test_cancelled_request_never_leaks_its_transaction_or_pin(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    async with one_connection.connect() as conn:
+    async with one_connection.engine.connect() as conn:
         row = (await conn.execute(text("SELECT current_user, now() = statement_timestamp()"))).one()
         assert row[0] != tenant.db_role
 
 
 async def test_prebuilt_statements_answer_with_each_calls_values(
-    engine: AsyncEngine, tenant: TenantRecord
+    connections: TenantConnections, engine: AsyncEngine, tenant: TenantRecord
 ) -> None:
     by_id = prebuilt(select(projects.c.name).where(projects.c.id == bindparam("project_id")))
     ids = [uuid.uuid4() for _ in range(3)]
-    async with tenant_transaction(engine, loc(tenant)) as session:
+    async with connections.transaction(loc(tenant)) as session:
         for i, project_id in enumerate(ids):
             await session.execute(insert(projects).values(id=project_id, name=f"n{i}"))
         for i, project_id in enumerate(ids):  # compiled once, then found by identity
@@ -208,20 +205,20 @@ async def test_prebuilt_statements_answer_with_each_calls_values(
 
 
 async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
-    pool_of: Callable[..., AsyncEngine], tenant: TenantRecord
+    pool_of: Callable[..., TenantConnections], tenant: TenantRecord
 ) -> None:
-    engine = pool_of(1, overflow=2)
-    pool = engine.sync_engine.pool
+    connections = pool_of(1, overflow=2)
+    pool = connections.engine.sync_engine.pool
     backends = set()
     for _ in range(3):  # one after another: the one pooled connection, every time
-        async with tenant_transaction(engine, loc(tenant)) as session:
+        async with connections.transaction(loc(tenant)) as session:
             backends.add(await session.scalar(text("SELECT pg_backend_pid()")))
     assert len(backends) == 1 and pool.checkedout() == 0
 
     started = asyncio.Event()
 
     async def held() -> int:
-        async with tenant_transaction(engine, loc(tenant)) as session:
+        async with connections.transaction(loc(tenant)) as session:
             pid = await session.scalar(text("SELECT pg_backend_pid()"))
             await started.wait()
             return int(pid)
@@ -234,7 +231,7 @@ async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
     # The two overflow connections were closed on their way back; one stays pooled.
     assert pool.checkedout() == 0 and pool.overflow() == 0  # none beyond pool_size
     assert pool.checkedin() == 1
-    async with tenant_transaction(engine, loc(tenant)) as session:
+    async with connections.transaction(loc(tenant)) as session:
         assert await session.scalar(text("SELECT 1")) == 1
 
 
@@ -248,40 +245,40 @@ async def backend(session: TenantSession) -> tuple[int, str, bool]:
 
 
 async def test_a_read_only_transaction_parks_and_the_next_begin_carries_its_commit(
-    room_to_park: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+    room_to_park: TenantConnections, tenant: TenantRecord, other_tenant: TenantRecord
 ) -> None:
-    pool = room_to_park.sync_engine.pool
-    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
+    pool = room_to_park.engine.sync_engine.pool
+    async with room_to_park.transaction(loc(tenant), read_only=True) as session:
         first_pid, who, read_only = await backend(session)
         assert (who, read_only) == (tenant.db_role, True)
         with pytest.raises(Exception, match="read-only transaction"):
             await session.execute(insert(projects).values(id=uuid.uuid4(), name="no"))
-    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
+    async with room_to_park.transaction(loc(tenant), read_only=True) as session:
         first_xid = await session.scalar(text("SELECT txid_current()"))
     assert pool.checkedout() == 1  # parked, its transaction still open, not in the pool
     # The next transaction, another tenant's write, takes the parked connection: the old
     # transaction is committed in its BEGIN's round trip and the new pin is in force.
-    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
+    async with room_to_park.transaction(loc(other_tenant)) as session:
         pid, who, read_only = await backend(session)
         assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
         assert await session.scalar(text("SELECT txid_current()")) != first_xid
         await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
     assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
 
-    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
+    async with room_to_park.transaction(loc(tenant), read_only=True) as session:
         await session.execute(select(projects.c.id))
     assert pool.checkedout() == 1
-    await asyncio.sleep(PARK_SECONDS + 0.2)  # not taken: committed and returned
+    await asyncio.sleep(room_to_park.park_seconds + 0.2)  # not taken: committed and returned
     assert pool.checkedout() == 0
-    async with room_to_park.connect() as conn:  # the pool's own users see a clean one
+    async with room_to_park.engine.connect() as conn:  # the pool's own users see a clean one
         row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
         assert row[0] == first_pid and row[1] != tenant.db_role
 
 
 async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
-    room_to_park: AsyncEngine, engine: AsyncEngine, tenant: TenantRecord
+    room_to_park: TenantConnections, engine: AsyncEngine, tenant: TenantRecord
 ) -> None:
-    async with tenant_transaction(room_to_park, loc(tenant), read_only=True) as session:
+    async with room_to_park.transaction(loc(tenant), read_only=True) as session:
         await session.execute(select(projects.c.id))  # ACCESS SHARE on projects, held
     started = time.monotonic()
     async with engine.begin() as conn:
@@ -291,22 +288,22 @@ async def test_a_parked_read_never_holds_up_ddl_on_its_tables(
 
 
 async def test_a_read_never_parks_while_the_pool_is_exhausted(
-    one_connection: AsyncEngine, tenant: TenantRecord, monkeypatch: pytest.MonkeyPatch
+    one_connection: TenantConnections, tenant: TenantRecord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request queued on the pool gets the connection a read has finished with at once:
     parked, it would wait until a newer request took it or the park timer ran out."""
-    monkeypatch.setattr(session_module, "PARK_SECONDS", 60.0)  # parked means stuck here
-    pool = one_connection.sync_engine.pool
+    one_connection.park_seconds = 60.0  # parked means stuck here
+    pool = one_connection.engine.sync_engine.pool
     reading, release = asyncio.Event(), asyncio.Event()
 
     async def read() -> None:
-        async with tenant_transaction(one_connection, loc(tenant), read_only=True) as session:
+        async with one_connection.transaction(loc(tenant), read_only=True) as session:
             await session.execute(select(projects.c.id))
             reading.set()
             await release.wait()
 
     async def write() -> None:
-        async with tenant_transaction(one_connection, loc(tenant)) as session:
+        async with one_connection.transaction(loc(tenant)) as session:
             await session.execute(insert(projects).values(id=uuid.uuid4(), name="queued"))
 
     reader = asyncio.create_task(read())
@@ -321,14 +318,14 @@ async def test_a_read_never_parks_while_the_pool_is_exhausted(
 
 
 async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
-    pool_of: Callable[..., AsyncEngine], tenant: TenantRecord
+    pool_of: Callable[..., TenantConnections], tenant: TenantRecord
 ) -> None:
-    engine = pool_of(4, 4)  # room left: a pool with none never parks
-    pool = engine.sync_engine.pool
+    connections = pool_of(4, 4)  # room left: a pool with none never parks
+    pool = connections.engine.sync_engine.pool
     release = asyncio.Event()
 
     async def read() -> None:
-        async with tenant_transaction(engine, loc(tenant), read_only=True) as session:
+        async with connections.transaction(loc(tenant), read_only=True) as session:
             await session.execute(select(projects.c.id))
             await release.wait()
 
@@ -337,28 +334,28 @@ async def test_at_most_half_the_pool_is_parked_and_shutdown_returns_them(
     release.set()
     await asyncio.gather(*readers)
     assert pool.checkedout() == 2  # two parked, two back in the pool
-    await release_parked(engine)
+    await connections.aclose()
     assert pool.checkedout() == 0 and pool.checkedin() == 4
-    async with engine.connect() as conn:
+    async with connections.engine.connect() as conn:
         assert (await conn.execute(text("SELECT 1"))).scalar() is not None
 
 
 async def test_a_connection_is_retired_once_it_has_served_too_many_schemas(
-    room_to_park: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+    room_to_park: TenantConnections, tenant: TenantRecord, other_tenant: TenantRecord
 ) -> None:
-    bound_schemas_per_connection(room_to_park, 1)
-    pool = room_to_park.sync_engine.pool
+    room_to_park.max_schemas = 1
+    pool = room_to_park.engine.sync_engine.pool
     pids = []
     for who, read_only in ((tenant, False), (tenant, True), (other_tenant, True)):
-        async with tenant_transaction(room_to_park, loc(who), read_only=read_only) as session:
+        async with room_to_park.transaction(loc(who), read_only=read_only) as session:
             pids.append(await session.scalar(text("SELECT pg_backend_pid()")))
     # The second schema retired the connection after its transaction, instead of parking it.
     assert pids[0] == pids[1] == pids[2] and pool.checkedout() == 0
-    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
+    async with room_to_park.transaction(loc(other_tenant)) as session:
         assert await session.scalar(text("SELECT pg_backend_pid()")) != pids[0]
         assert await session.scalar(text("SELECT current_user")) == other_tenant.db_role
     # The new backend starts its own count: one schema, so it stays.
-    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
+    async with room_to_park.transaction(loc(other_tenant)) as session:
         last = await session.scalar(text("SELECT pg_backend_pid()"))
-    async with tenant_transaction(room_to_park, loc(other_tenant)) as session:
+    async with room_to_park.transaction(loc(other_tenant)) as session:
         assert await session.scalar(text("SELECT pg_backend_pid()")) == last

@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.core.redis import build_redis
+from app.redis.client import build_redis
 from tests.redis_layer.redis_servers import (
     ISSUED_SLUGS,
     REDIS_URL,

@@ -1,4 +1,5 @@
-"""The rate-limit dependency on a real app: headers on every response, 429, 503."""
+"""Counting requests (app/api/admission.count_request) on a real app and Redis: headers on
+every response, 429, 503."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Annotated
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import APIRouter, Depends, FastAPI, Header
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 
-from app.api.dependencies.rate_limit import rate_limit_dependency
+from app.api.admission import count_request
+from app.api.middleware import add_response_headers
 from app.core.config import Settings
 from app.core.errors import NotFound
 from app.main import create_app
@@ -30,6 +32,15 @@ async def tenant_from_header(
     return FakeTenant(x_tenant, x_limit)
 
 
+async def rate_limited(
+    request: Request, tenant: Annotated[FakeTenant, Depends(tenant_from_header)]
+) -> None:
+    """What the tenant routes' admission does once it knows the tenant."""
+    rate, _ = await count_request(request.app.state, tenant)
+    if rate is not None:
+        add_response_headers(request, rate.headers())
+
+
 def tenant_app(redis_url: str, *, fail_open: bool = True) -> FastAPI:
     settings = Settings(
         environment="test",
@@ -38,9 +49,7 @@ def tenant_app(redis_url: str, *, fail_open: bool = True) -> FastAPI:
         log_level="CRITICAL",
     )
     app = create_app(settings)
-    router = APIRouter(
-        prefix="/v1", dependencies=[Depends(rate_limit_dependency(tenant_from_header))]
-    )
+    router = APIRouter(prefix="/v1", dependencies=[Depends(rate_limited)])
 
     @router.get("/things/{thing_id}")
     async def get_thing(thing_id: int) -> dict[str, int]:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from app.core.redis import build_redis
-from app.services.cache import CachedResponse, CacheKey, CacheResult, TenantCache
+from app.redis.client import build_redis
+from app.services.cache import CacheResult, TenantCache
+from app.services.cache_entries import CachedResponse, CacheKey
 from tests.redis_layer.redis_servers import (
     RedisProcess,
     new_slug,

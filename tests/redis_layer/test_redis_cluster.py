@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from app.core.config import Settings
-from app.core.redis import build_redis
-from app.services.cache import CachedResponse, CacheKey, TenantCache
+from app.redis.client import build_redis
+from app.services.cache import TenantCache
+from app.services.cache_entries import CachedResponse, CacheKey
 from app.services.rate_limiter import RateLimitExceeded, TenantRateLimiter
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter
@@ -102,7 +103,7 @@ async def test_the_api_caches_invalidates_and_limits_on_a_cluster(
 def test_a_tenant_keys_share_one_slot() -> None:
     from redis.crc import key_slot
 
-    from app.services.cache import generation_key, version_key
+    from app.services.cache_entries import generation_key, version_key
     from app.services.rate_limiter import parse_windows, window_key
 
     slug = "acme-corp"
@@ -121,7 +122,7 @@ async def test_a_stale_slot_map_follows_moved_and_is_asked_for_again(redis_clust
     MOVED, the command goes where it says, and the map is refreshed for the next one."""
     from redis.crc import key_slot
 
-    from app.core.resp_cluster import RespCluster
+    from app.redis.cluster import RespCluster
 
     cluster = build_redis(redis_settings(redis_cluster, timeout=2.0))
     assert isinstance(cluster, RespCluster)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.core.redis import build_redis
+from app.redis.client import build_redis
 from app.services.rate_limiter import (
     RateLimiterUnavailable,
     RateLimitExceeded,

@@ -23,8 +23,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.core.redis import REDIS_UNAVAILABLE_ERRORS, build_redis, own_timeout
-from app.core.resp import RespClient
+from app.redis.client import REDIS_UNAVAILABLE_ERRORS, build_redis, own_timeout
+from app.redis.resp import RespClient
 from tests.redis_layer.redis_servers import REDIS_URL, RedisProcess, redis_settings, start_redis
 from tests.servers import Proxy
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.auth.tokens import TokenVerifier
 from app.cli import main
 from app.core.config import Settings, get_settings
-from app.core.security import TokenVerifier
 from app.devissuer import DEV_CLIENT_ID, DEV_CLIENT_SECRET, DevIssuer, DevIssuerRefused
 from tests.conftest import RunningIssuer
 

@@ -17,9 +17,10 @@ import pytest
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
+from app.auth.jwks import INITIAL_RETRY_SECONDS, parse_jwks
+from app.auth.tokens import MAX_TOKEN_BYTES, TokenVerifier
 from app.core.config import Settings
 from app.core.errors import AuthUnavailable, InvalidToken
-from app.core.security import INITIAL_RETRY_SECONDS, MAX_TOKEN_BYTES, TokenVerifier, parse_jwks
 from app.devissuer import DevIssuer
 from tests.conftest import RunningIssuer, ServedApp
 

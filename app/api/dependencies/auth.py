@@ -1,16 +1,15 @@
-"""Bearer authentication as FastAPI dependencies: the caller's Principal, scopes, admin plane."""
+"""Bearer authentication: the caller (Principal) of a request, scopes, the admin plane."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth.tokens import Claims, TokenVerifier
 from app.core.config import Settings
 from app.core.errors import InsufficientScope, NotAuthenticated
-from app.core.security import TokenVerifier
 
 # auto_error=False: the answer for a missing token is ours (problem+json, code
 # not_authenticated), not FastAPI's; the scheme is declared so OpenAPI shows it on every route.
@@ -22,40 +21,29 @@ bearer_scheme = HTTPBearer(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the token's subject, its tenant slug (None for a platform token), scopes."""
+# Who is calling: the verified token's subject, tenant slug (None for a platform token) and
+# scopes, as the token verifier remembers them.
+Principal = Claims
 
-    subject: str
-    tenant: str | None
-    scopes: frozenset[str]
+
+async def authenticate(verifier: TokenVerifier, authorization: str | None) -> Principal:
+    """The caller of a request with this `Authorization` header value: 401 not_authenticated
+    without a bearer token, 401 invalid_token (or 503 auth_unavailable) from the verifier."""
+    token = bearer_token(authorization or "")
+    if token is None:
+        raise NotAuthenticated("This endpoint needs an `Authorization: Bearer <token>` header.")
+    return await verifier.verify(token)
 
 
 async def get_principal(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
 ) -> Principal:
-    """Verify the request's bearer token once; later calls in the same request reuse it.
-
-    The header is read here rather than from `_credentials` so that a direct call
-    (`await get_principal(request)`, as other dependencies do) behaves the same.
-    """
-    cached = getattr(request.state, "principal", None)
-    if isinstance(cached, Principal):
-        return cached
-    token = _bearer_token(request)
-    verifier: TokenVerifier = request.app.state.token_verifier
-    claims = await verifier.verify(token)
-    principal = Principal(subject=claims.subject, tenant=claims.tenant, scopes=claims.scopes)
-    request.state.principal = principal
-    return principal
-
-
-def _bearer_token(request: Request) -> str:
-    token = bearer_token(request.headers.get("authorization", ""))
-    if token is None:
-        raise NotAuthenticated("This endpoint needs an `Authorization: Bearer <token>` header.")
-    return token
+    """The admin plane's caller (the header is read here rather than from `_credentials`, so
+    that the answer for a missing token is ours)."""
+    return await authenticate(
+        request.app.state.token_verifier, request.headers.get("authorization")
+    )
 
 
 def bearer_token(authorization: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlencode
 
-from app.services.cache import CacheKey
+from app.services.cache_entries import CacheKey
 
 PROJECTS = "projects"
 TASKS = "tasks"

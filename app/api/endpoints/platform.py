@@ -12,9 +12,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.core import metrics
-from app.core.errors import problem_response
-from app.core.redis import redis_serves
+from app import metrics
+from app.api import instrumentation
+from app.api.problems import problem_response
+from app.services.redis_health import redis_degraded
 
 logger = logging.getLogger("tessera.health")
 
@@ -100,7 +101,7 @@ async def metrics_endpoint(request: Request, credentials: MetricsCredentials) ->
                 "This endpoint requires Authorization: Bearer <METRICS_TOKEN>.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not metrics.token_matches(expected, credentials.credentials):
+        if not instrumentation.token_matches(expected, credentials.credentials):
             return problem_response(
                 401,
                 "invalid_token",
@@ -108,7 +109,7 @@ async def metrics_endpoint(request: Request, credentials: MetricsCredentials) ->
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
     await _check_redis(request)  # tessera_redis_degraded as of this scrape
-    body = await metrics.render(request.app.state.engine)
+    body = await instrumentation.render(request.app.state.engine)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
@@ -124,21 +125,7 @@ async def _check_database(request: Request) -> bool:
 
 
 async def _check_redis(request: Request) -> dict[metrics.RedisComponent, bool]:
-    """Whether each Redis user is degraded: Redis does not serve (every node asked), or the
-    component's latest Redis call failed (timeouts under load, a refused script).
-    Sets tessera_redis_degraded."""
     state = request.app.state
-    try:
-        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            serves = await redis_serves(state.redis)
-        if not serves:
-            logger.warning("readiness: redis check failed: cluster state not ok")
-    except Exception as exc:
-        logger.warning("readiness: redis check failed: %s", type(exc).__name__)
-        serves = False
-    degraded: dict[metrics.RedisComponent, bool] = {
-        "cache": not serves or state.cache.outages.failing,
-        "rate_limiter": not serves or state.rate_limiter.outages.failing,
-    }
-    metrics.set_redis_degraded(degraded)
-    return degraded
+    return await redis_degraded(
+        state.redis, state.cache, state.rate_limiter, timeout=READINESS_TIMEOUT_SECONDS
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.dependencies.tenant import CurrentTenant
+from app.api.admission import CurrentTenant
 from app.api.errors import TENANT_ERRORS, responses
 from app.schemas.tenants import TenantSelf
 
@@ -13,10 +13,4 @@ router = APIRouter(prefix="/v1/tenant", tags=["tenant"], responses=responses(*TE
 
 @router.get("", response_model=TenantSelf, summary="The caller's tenant")
 async def get_own_tenant(tenant: CurrentTenant) -> TenantSelf:
-    return TenantSelf(
-        slug=tenant.slug,
-        name=tenant.name,
-        plan=tenant.plan,
-        status=tenant.status,
-        rate_limit=tenant.rate_limit,
-    )
+    return TenantSelf.model_validate(tenant, from_attributes=True)

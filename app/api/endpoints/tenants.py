@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
+from app import metrics
 from app.api.dependencies.auth import require_admin
 from app.api.dependencies.db import EngineDep
 from app.api.errors import ADMIN_ERRORS, responses
-from app.core import metrics
-from app.db.repositories.tenants import TenantRecord
 from app.schemas.common import Page
 from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
 from app.services import tenants as service
@@ -26,20 +26,11 @@ router = APIRouter(
 )
 
 
-def _out(request: Request, record: TenantRecord) -> TenantOut:
+def _out(request: Request, record: service.TenantRecord) -> TenantOut:
+    """A tenant as the admin API shows it: with the default rate limit where it has none."""
     default = request.app.state.settings.rate_limit_default
-    return TenantOut(
-        id=record.id,
-        slug=record.slug,
-        name=record.name,
-        plan=record.plan,
-        status=record.status,
-        rate_limit=record.rate_limit or default,
-        schema_=record.schema,
-        schema_version=record.schema_version,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-    )
+    shown = replace(record, rate_limit=record.rate_limit or default)
+    return TenantOut.model_validate(shown, from_attributes=True)
 
 
 def _forget(request: Request, slug: str) -> None:
@@ -115,22 +106,17 @@ async def _set_status(request: Request, slug: str, engine: EngineDep, new: str) 
     return _out(request, record)
 
 
-@router.post(
-    "/{slug}/suspend",
-    response_model=TenantOut,
-    summary="Suspend: the tenant's tokens get 403 within 1 s; data is kept",
-    responses=responses(404),
-)
+SUSPEND_SUMMARY = "Suspend: the tenant's tokens get 403 within 1 s; data is kept"
+# The status changes: each answers the tenant, or 404.
+STATUS_CHANGE: dict[str, Any] = {"response_model": TenantOut, "responses": responses(404)}
+
+
+@router.post("/{slug}/suspend", summary=SUSPEND_SUMMARY, **STATUS_CHANGE)
 async def suspend_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "suspended")
 
 
-@router.post(
-    "/{slug}/resume",
-    response_model=TenantOut,
-    summary="Resume a suspended tenant",
-    responses=responses(404),
-)
+@router.post("/{slug}/resume", summary="Resume a suspended tenant", **STATUS_CHANGE)
 async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "active")
 

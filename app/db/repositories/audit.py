@@ -5,17 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import insert, select
 
+from app.db.executor import Executor
 from app.db.models.tenant import audit_events
 from app.db.repositories._keyset import older_than
-from app.db.session import Executor
+from app.db.repositories._records import RowRecord
 
 
 @dataclass(frozen=True, slots=True)
-class AuditEventRecord:
+class AuditEventRecord(RowRecord):
     id: uuid.UUID
     at: datetime
     actor: str
@@ -23,10 +23,6 @@ class AuditEventRecord:
     resource_type: str
     resource_id: uuid.UUID
     request_id: str | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> AuditEventRecord:
-        return cls(**row._mapping)
 
 
 async def insert_event(conn: Executor, event: AuditEventRecord) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from app.db.executor import Executor
 from app.db.models.tenant import idempotency_keys
-from app.db.session import Executor
 
 # The lock id hashes the pinned schema with the key, so keys are per tenant without the
 # schema name ever appearing in Python; the lock ends with the transaction.

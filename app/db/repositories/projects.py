@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, insert, select, update
+from sqlalchemy import bindparam, insert, select
 
+from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import projects
 from app.db.repositories._keyset import older_than
-from app.db.session import Executor, prebuilt
+from app.db.repositories._records import RowRecord
+from app.db.repositories._versioned import VersionedTable
 
 
 @dataclass(frozen=True, slots=True)
-class ProjectRecord:
+class ProjectRecord(RowRecord):
     id: uuid.UUID
     name: str
     description: str | None
     created_at: datetime
     updated_at: datetime
     version: int
-
-    @classmethod
-    def from_row(cls, row: Any) -> ProjectRecord:
-        return cls(**row._mapping)
 
 
 async def insert_project(
@@ -64,10 +60,6 @@ async def lock_project_for_child(conn: Executor, project_id: uuid.UUID) -> bool:
     return found is not None
 
 
-async def project_exists(conn: Executor, project_id: uuid.UUID) -> bool:
-    return bool(await conn.scalar(select(exists().where(projects.c.id == project_id))))
-
-
 async def list_projects(
     conn: Executor, *, limit: int, after: tuple[datetime, uuid.UUID] | None
 ) -> list[ProjectRecord]:
@@ -83,35 +75,6 @@ async def list_projects(
     return [ProjectRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
 
-async def update_project(
-    conn: Executor,
-    project_id: uuid.UUID,
-    values: Mapping[str, Any],
-    *,
-    at: datetime,
-    versions: Collection[int] | None,
-) -> ProjectRecord | None:
-    """Apply `values` and bump the version, only when the version is one of `versions` (None:
-    any). The check and the write are one statement, so two writers holding the same ETag
-    cannot both succeed: the second one's WHERE no longer matches once the first commits."""
-    query = update(projects).where(projects.c.id == project_id)
-    if versions is not None:
-        query = query.where(projects.c.version.in_(list(versions)))
-    row = (
-        await conn.execute(
-            query.values(**values, updated_at=at, version=projects.c.version + 1).returning(
-                projects
-            )
-        )
-    ).one_or_none()
-    return ProjectRecord.from_row(row) if row else None
-
-
-async def delete_project(
-    conn: Executor, project_id: uuid.UUID, *, versions: Collection[int] | None
-) -> bool:
-    """Delete the project (its tasks go by ON DELETE CASCADE); False when nothing matched."""
-    query = delete(projects).where(projects.c.id == project_id)
-    if versions is not None:
-        query = query.where(projects.c.version.in_(list(versions)))
-    return (await conn.execute(query.returning(projects.c.id))).one_or_none() is not None
+# By id, under If-Match: exists, update (version bumped), delete (its tasks go by ON DELETE
+# CASCADE; answers the id, None when nothing matched).
+PROJECTS = VersionedTable(projects, ProjectRecord.from_row)

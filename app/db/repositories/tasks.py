@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy import Text, bindparam, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import tasks
 from app.db.repositories._keyset import older_than
-from app.db.session import Executor, prebuilt
+from app.db.repositories._records import RowRecord
+from app.db.repositories._versioned import VersionedTable
 
 
 @dataclass(frozen=True, slots=True)
-class TaskRecord:
+class TaskRecord(RowRecord):
     id: uuid.UUID
     project_id: uuid.UUID
     title: str
@@ -31,10 +33,6 @@ class TaskRecord:
     created_at: datetime
     updated_at: datetime
     version: int
-
-    @classmethod
-    def from_row(cls, row: Any) -> TaskRecord:
-        return cls(**row._mapping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +61,6 @@ async def get_task(conn: Executor, task_id: uuid.UUID) -> TaskRecord | None:
     return TaskRecord.from_row(row) if row else None
 
 
-async def task_exists(conn: Executor, task_id: uuid.UUID) -> bool:
-    return bool(await conn.scalar(select(exists().where(tasks.c.id == task_id))))
-
-
 async def list_tasks(
     conn: Executor,
     project_id: uuid.UUID,
@@ -92,32 +86,6 @@ async def list_tasks(
     return [TaskRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
 
-async def update_task(
-    conn: Executor,
-    task_id: uuid.UUID,
-    values: Mapping[str, Any],
-    *,
-    at: datetime,
-    versions: Collection[int] | None,
-) -> TaskRecord | None:
-    """Like update_project: version check and write in one statement."""
-    query = update(tasks).where(tasks.c.id == task_id)
-    if versions is not None:
-        query = query.where(tasks.c.version.in_(list(versions)))
-    row = (
-        await conn.execute(
-            query.values(**values, updated_at=at, version=tasks.c.version + 1).returning(tasks)
-        )
-    ).one_or_none()
-    return TaskRecord.from_row(row) if row else None
-
-
-async def delete_task(
-    conn: Executor, task_id: uuid.UUID, *, versions: Collection[int] | None
-) -> uuid.UUID | None:
-    """Delete the task; its project's id, or None when nothing matched."""
-    query = delete(tasks).where(tasks.c.id == task_id)
-    if versions is not None:
-        query = query.where(tasks.c.version.in_(list(versions)))
-    project_id: uuid.UUID | None = await conn.scalar(query.returning(tasks.c.project_id))
-    return project_id
+# By id, under If-Match: exists, update (version bumped), delete (answers the task's
+# project id, None when nothing matched).
+TASKS = VersionedTable(tasks, TaskRecord.from_row, deleted="project_id")

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Row, Uuid, delete, func, insert, literal, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import DateTime, Uuid, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.models.shared import tenants
+from app.db.repositories._records import RowRecord
 
 
 @dataclass(frozen=True, slots=True)
-class TenantRecord:
+class TenantRecord(RowRecord):
     id: uuid.UUID
     slug: str
     name: str
@@ -26,10 +27,6 @@ class TenantRecord:
     schema_version: str | None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row[Any]) -> TenantRecord:
-        return cls(**row._mapping)
 
 
 async def insert_tenant(conn: AsyncConnection, **values: Any) -> TenantRecord:
@@ -93,3 +90,16 @@ async def update_tenant_any_status(conn: AsyncConnection, slug: str, **values: A
 
 async def delete_tenant(conn: AsyncConnection, slug: str) -> None:
     await conn.execute(delete(tenants).where(tenants.c.slug == slug))
+
+
+async def count_by_status(engine: AsyncEngine, head: str | None) -> list[tuple[str, int, int]]:
+    """Per status: how many tenants, and how many of them are not at `head` (0 when None)."""
+    behind = (
+        func.count().filter(tenants.c.schema_version.is_distinct_from(head))
+        if head is not None
+        else literal(0)
+    )
+    query = select(tenants.c.status, func.count(), behind).group_by(tenants.c.status)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [(str(status), int(count), int(late)) for status, count, late in rows]

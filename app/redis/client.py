@@ -1,6 +1,6 @@
 """The Redis client, built once per process from REDIS_URL: the thin pipelined client
-(app/core/resp.py) for a plain redis:// server, the thin cluster client
-(app/core/resp_cluster.py) for a Cluster reached by one, redis-py for everything else."""
+(app/redis/resp.py) for a plain redis:// server, the thin cluster client
+(app/redis/cluster.py) for a Cluster reached by one, redis-py for everything else."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
-from app.core.resp import RespClient
-from app.core.resp_cluster import RespCluster
+from app.redis.cluster import RespCluster
+from app.redis.resp import RespClient
 
 logger = logging.getLogger("tessera.redis")
 

@@ -1,12 +1,17 @@
-"""Shaping tenant API answers: JSON with ETag, 304, replays of stored and cached responses."""
+"""Shaping tenant API answers: JSON with ETag, 304, creates run once per Idempotency-Key,
+replays of stored and cached responses."""
 
 from __future__ import annotations
 
-from fastapi import Response
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
 from pydantic import BaseModel
 
 from app.api.preconditions import none_match
-from app.services.cache import CachedResponse
+from app.db.executor import Executor
+from app.services import idempotency
+from app.services.cache_entries import CachedResponse
 from app.services.idempotency import StoredResponse
 
 JSON = "application/json"
@@ -19,6 +24,22 @@ def created(model: BaseModel, *, location: str, etag: str) -> StoredResponse:
         body=model.model_dump_json().encode(),
         headers={"Location": location, "ETag": etag, "Content-Type": JSON},
     )
+
+
+async def create_once(
+    request: Request,
+    conn: Executor,
+    key: str | None,
+    body: BaseModel,
+    produce: Callable[[], Awaitable[StoredResponse]],
+) -> Response:
+    """The answer to a creating POST: `produce()`'s, or with an Idempotency-Key (`key`) the
+    replay of the first response to the same request (app/services/idempotency.py)."""
+    request_hash = idempotency.fingerprint(
+        "POST", request.url.path, body.model_dump(mode="json", exclude_unset=True)
+    )
+    stored, replayed = await idempotency.run_once(conn, key, request_hash, produce)
+    return from_stored(stored, replayed=replayed)
 
 
 def from_stored(stored: StoredResponse, *, replayed: bool) -> Response:

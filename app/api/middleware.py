@@ -13,9 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.problems import problem_response, unhandled_error_response
 from app.core.context import request_id_var, tenant_var
-from app.core.errors import problem_response, unhandled_error_response
-from app.core.metrics import record_tenant_request
+from app.metrics import record_tenant_request
 
 access_logger = logging.getLogger("tessera.access")
 

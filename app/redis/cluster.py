@@ -31,7 +31,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.core.resp import RespArg, RespClient, pack_command
+from app.redis.connection import RespArg, pack_command
+from app.redis.resp import RespClient
 
 # After a node failed, the map is asked for again at most this often (a dead master's
 # tenants keep failing until a replica takes over; each of their requests must not cost
@@ -245,7 +246,7 @@ class RespCluster:
 
 class ClusterScript:
     """A Lua script on the cluster: EVALSHA to the master of its first key, EVAL once after a
-    NOSCRIPT (each master has its own script cache), as app.core.resp.Script."""
+    NOSCRIPT (each master has its own script cache), as app.redis.resp.Script."""
 
     def __init__(self, cluster: RespCluster, script: str | bytes) -> None:
         self._cluster = cluster

@@ -1,0 +1,233 @@
+"""The request path's connections: checkout and checkin, parking, retirement, one object per
+engine (TenantConnections), built once in the lifespan next to the engine it serves.
+
+Every tenant transaction of the request path comes from `TenantConnections.transaction`,
+which pins it with the SQL of app/db/tenancy.py and hands the repositories an executor
+(app/db/executor.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from asyncpg.exceptions import InvalidParameterValueError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.util import greenlet_spawn
+
+from app.core.config import Settings
+from app.core.errors import TenantNotFoundForToken
+from app.db.executor import StatementCache, TenantSession
+from app.db.tenancy import TenantSchema, begin_pinned_sql
+
+DEFAULT_TIMEOUT_SECONDS = 4.0
+ROLLBACK_TIMEOUT_SECONDS = 1.0
+
+# How long a read-only transaction may stay open, its connection parked, waiting for the
+# next request to carry its COMMIT; after that it is committed and goes back to the pool.
+# It holds only the read's ACCESS SHARE locks, so a migration or a tenant deletion waits
+# at most this long for it.
+PARK_SECONDS = 0.05
+
+# Each PostgreSQL backend caches the catalog of every schema it has worked in (about 40 KiB
+# each) until it exits, so a pooled connection that serves every tenant in turn would grow
+# with the tenant count. Connections are retired once they have been pinned to this many
+# schemas (DB_MAX_SCHEMAS_PER_CONNECTION); the pool opens new ones.
+DEFAULT_MAX_SCHEMAS_PER_CONNECTION: int = Settings.model_fields[
+    "db_max_schemas_per_connection"
+].default
+_SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
+
+
+def _driver(pooled: PoolProxiedConnection) -> Any:
+    raw = pooled.driver_connection  # asyncpg.Connection
+    assert raw is not None
+    return raw
+
+
+@dataclass(slots=True)
+class _Parked:
+    pooled: PoolProxiedConnection
+    timer: asyncio.TimerHandle
+
+
+class TenantConnections:
+    """The engine's pooled connections as the request path uses them.
+
+    Parking: a read-only transaction that has done its work stays open on its connection;
+    the next transaction takes that connection (newest first) and sends the COMMIT in the
+    same round trip as its own BEGIN and pin, so a cached read that misses costs two
+    PostgreSQL round trips instead of three, and no pool checkout
+    (docs/decisions/0014-read-only-commit-rides-with-the-next-begin.md). At most half the
+    pool is parked, so SQLAlchemy's own users (registry, admin) always find connections
+    going round the pool, and none while the pool is exhausted, so a request queued on it
+    is served first.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_schemas_per_connection: int = DEFAULT_MAX_SCHEMAS_PER_CONNECTION,
+        park_seconds: float = PARK_SECONDS,
+    ) -> None:
+        self.engine = engine
+        self.max_schemas = max_schemas_per_connection
+        self.park_seconds = park_seconds
+        self.statements = StatementCache(engine.dialect)
+        self._pool = engine.sync_engine.pool
+        self._capacity = max(1, self._pool.size() // 2)  # type: ignore[attr-defined]
+        self._parked: list[_Parked] = []
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_settings(cls, engine: AsyncEngine, settings: Settings) -> TenantConnections:
+        return cls(engine, max_schemas_per_connection=settings.db_max_schemas_per_connection)
+
+    @asynccontextmanager
+    async def transaction(
+        self,
+        tenant: TenantSchema,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        read_only: bool = False,
+    ) -> AsyncIterator[TenantSession]:
+        """The one way into a tenant's data on the request path: a pooled connection in one
+        transaction, pinned to `tenant` before anything else runs. Commits when the block
+        ends, rolls back when it raises. Every statement waits at most `timeout` seconds
+        (DB_REQUEST_TIMEOUT_SECONDS), so a server that stops answering costs a 503, not a
+        hang.
+
+        `read_only` (the cached reads' loads) makes it `BEGIN READ ONLY` (PostgreSQL refuses
+        a write in it) and lets its COMMIT wait, parked, for the next transaction's BEGIN:
+        nothing in it needs committing, and COMMIT ends the pin either way.
+
+        A connection whose transaction could not be ended cleanly (cancelled mid-way, lost)
+        is invalidated rather than returned to the pool, so it can never carry a tenant's
+        pin into another request.
+        """
+        pooled = self._take_parked()
+        owes_commit = pooled is not None
+        if pooled is None:
+            pooled = await self._checkout()
+        raw = _driver(pooled)
+        clean = parked = retire = False
+        try:
+            begin = begin_pinned_sql(tenant, read_only=read_only)
+            if owes_commit:
+                begin = "COMMIT; " + begin  # the parked read-only transaction ends here
+            elif raw.is_in_transaction():  # never inherit someone else's transaction
+                await raw.execute("ROLLBACK", timeout=timeout)
+            try:
+                await raw.execute(begin, timeout=timeout)
+            except InvalidParameterValueError as exc:
+                # The tenant's role is gone: deleted while this replica's registry entry
+                # (at most about a second behind) still had it.
+                raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
+            retire = self._worn_out(pooled, tenant.schema)
+            try:
+                yield TenantSession(raw, self.statements, timeout)
+            except BaseException:
+                # Short: if the server does not answer, the connection is dropped instead.
+                await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
+                clean = True
+                raise
+            parked = read_only and not retire and self._park(pooled)
+            if not parked:
+                await raw.execute("COMMIT", timeout=timeout)
+            clean = True
+        finally:
+            if parked:
+                pass  # committed later: with the next BEGIN, or after park_seconds
+            elif clean and not retire:
+                await self._checkin(pooled)
+            else:  # not ended cleanly, or retired: its backend (and catalog cache) goes away
+                await greenlet_spawn(pooled.invalidate)
+
+    async def aclose(self) -> None:
+        """Commit and return every parked connection (before the engine is disposed)."""
+        while self._parked:
+            parked = self._parked.pop()
+            parked.timer.cancel()
+            await self._finish(parked.pooled)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    # Checkout and checkin.
+
+    async def _checkout(self) -> PoolProxiedConnection:
+        """A connection from the engine's pool (one greenlet hop: the pool may connect,
+        recycle or wait), replacing one the server dropped while it sat idle (restart,
+        failover)."""
+        pooled = await self.engine.raw_connection()
+        if _driver(pooled).is_closed():
+            await greenlet_spawn(pooled.invalidate)  # closes and checks it in
+            pooled = await self.engine.raw_connection()
+        return pooled
+
+    async def _checkin(self, pooled: PoolProxiedConnection) -> None:
+        """Back to the pool. Without a greenlet hop when returning it cannot close anything:
+        a QueuePool only closes a connection it has no room for (overflow), and the reset on
+        return is a no-op, since the transaction was ours, not SQLAlchemy's, and has ended.
+        That hop was a third of what checking a connection out and in cost (decision 0008)."""
+        if isinstance(self._pool, QueuePool) and self._pool.overflow() <= 0:
+            pooled.close()
+        else:
+            await greenlet_spawn(pooled.close)
+
+    def _worn_out(self, pooled: PoolProxiedConnection, schema: str) -> bool:
+        """Record that `pooled` was pinned to `schema`; True once it has seen too many."""
+        seen: set[str] = pooled.info.setdefault(_SCHEMAS_SEEN, set())
+        seen.add(schema)
+        return len(seen) > self.max_schemas
+
+    # Parking.
+
+    def _take_parked(self) -> PoolProxiedConnection | None:
+        while self._parked:
+            parked = self._parked.pop()
+            parked.timer.cancel()
+            if not _driver(parked.pooled).is_closed():
+                return parked.pooled
+            self._in_background(greenlet_spawn(parked.pooled.invalidate))
+        return None
+
+    def _park(self, pooled: PoolProxiedConnection) -> bool:
+        if len(self._parked) >= self._capacity or self._pool_exhausted():
+            return False
+        timer = asyncio.get_running_loop().call_later(self.park_seconds, self._expire, pooled)
+        self._parked.append(_Parked(pooled, timer))
+        return True
+
+    def _pool_exhausted(self) -> bool:
+        """True when every connection the pool may open is checked out (parked ones
+        count): a request may be queued on the pool, and a parked connection would make it
+        wait up to park_seconds while newer requests took it (measured: p99 215-240 ms
+        instead of 85 with DB_MAX_OVERFLOW=0). The connection goes back to the pool then."""
+        pool = self._pool
+        if not isinstance(pool, QueuePool) or pool._max_overflow < 0:  # noqa: SLF001
+            return False  # no limit: nobody ever waits
+        return pool.checkedout() >= pool.size() + pool._max_overflow  # noqa: SLF001
+
+    def _expire(self, pooled: PoolProxiedConnection) -> None:
+        for index, parked in enumerate(self._parked):
+            if parked.pooled is pooled:
+                del self._parked[index]
+                self._in_background(self._finish(pooled))
+                return
+
+    async def _finish(self, pooled: PoolProxiedConnection) -> None:
+        try:
+            await _driver(pooled).execute("COMMIT", timeout=DEFAULT_TIMEOUT_SECONDS)
+        except Exception:
+            await greenlet_spawn(pooled.invalidate)
+        else:
+            await self._checkin(pooled)
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
