@@ -101,17 +101,17 @@ def redis_cluster() -> Iterator[str]:
 
 @pytest.fixture
 def start_test_cluster() -> Iterator[Callable[..., TestCluster]]:
-    """`start_test_cluster(full_coverage=False)`: a three-master cluster of this test's own,
-    which it may take masters of down; stopped at the end of the test."""
+    """`start_test_cluster(full_coverage=False, replicas=0)`: a three-master cluster of this
+    test's own, which it may take masters of down; stopped at the end of the test."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server and redis-cli are needed on PATH")
     started: list[TestCluster] = []
     with tempfile.TemporaryDirectory() as directory:
 
-        def start(*, full_coverage: bool = False) -> TestCluster:
+        def start(*, full_coverage: bool = False, replicas: int = 0) -> TestCluster:
             cluster_dir = Path(directory) / str(len(started))
             cluster_dir.mkdir()
-            started.append(TestCluster(cluster_dir, full_coverage=full_coverage))
+            started.append(TestCluster(cluster_dir, full_coverage=full_coverage, replicas=replicas))
             return started[-1]
 
         try:

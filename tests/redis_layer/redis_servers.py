@@ -122,12 +122,13 @@ CLUSTER_NODE_TIMEOUT_MS = 1000
 
 
 def start_cluster(
-    directory: Path, masters: int = 3, *, full_coverage: bool = False
+    directory: Path, masters: int = 3, *, full_coverage: bool = False, replicas: int = 0
 ) -> list[RedisProcess]:
-    """`masters` nodes, no replicas, in `directory`, slots spread evenly; stop_redis each."""
+    """`masters` masters with `replicas` replicas each, in `directory`, slots spread evenly;
+    stop_redis each."""
     nodes: list[RedisProcess] = []
     try:
-        for index in range(masters):
+        for index in range(masters * (1 + replicas)):
             node_dir = directory / str(index)
             node_dir.mkdir()
             nodes.append(
@@ -140,7 +141,7 @@ def start_cluster(
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in nodes),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -190,20 +191,34 @@ class TestCluster:
 
     __test__ = False  # not a test class, whatever its name
 
-    def __init__(self, directory: Path, masters: int = 3, *, full_coverage: bool = False) -> None:
+    def __init__(
+        self, directory: Path, masters: int = 3, *, full_coverage: bool = False, replicas: int = 0
+    ) -> None:
         self.directory = directory
         self.full_coverage = full_coverage
-        self.nodes = start_cluster(directory, masters, full_coverage=full_coverage)
-        client = redis.Redis(port=self.nodes[0].port, socket_timeout=5)
+        self.nodes = start_cluster(
+            directory, masters, full_coverage=full_coverage, replicas=replicas
+        )
+        self._owner = self.slot_owners(self.nodes[0])
+
+    def slot_owners(self, asked: RedisProcess) -> list[int]:
+        """Slot -> index of its master, as the node `asked` sees it now."""
+        client = redis.Redis(port=asked.port, socket_timeout=5)
         try:
             ranges = client.execute_command("CLUSTER SLOTS")
         finally:
             client.close()
         port_index = {node.port: index for index, node in enumerate(self.nodes)}
-        self._owner = [0] * 16384
+        owners = [0] * 16384
         for start, end, master, *_ in ranges:
             for slot in range(int(start), int(end) + 1):
-                self._owner[slot] = port_index[int(master[1])]
+                owners[slot] = port_index[int(master[1])]
+        return owners
+
+    @property
+    def masters(self) -> list[int]:
+        """The indexes of the nodes that held slots when the cluster was made."""
+        return sorted(set(self._owner))
 
     @property
     def url(self) -> str:

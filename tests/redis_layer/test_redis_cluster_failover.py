@@ -7,6 +7,7 @@ Run with `-s` to see what each group of tenants saw.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -94,7 +95,7 @@ async def tenants_on_every_master(
 ) -> list[TenantRecord]:
     """One tenant per master: slugs are drawn until each master holds one."""
     slugs: dict[int, str] = {}
-    while len(slugs) < len(cluster.nodes):
+    while len(slugs) < len(cluster.masters):
         slug = f"fo-{uuid.uuid4().hex[:10]}"
         slugs.setdefault(cluster.master_of(slug), slug)
     ISSUED_SLUGS.extend(slugs.values())
@@ -229,3 +230,44 @@ async def test_a_cluster_that_refuses_commands_is_degraded_and_served_from_postg
         test_cluster.restart(2)
         await seconds_until_served_by_redis(client, callers)
         await eventually(lambda: redis_readiness(client), OK, within=RECOVERY_SECONDS)
+
+
+async def test_a_replica_promoted_in_place_of_a_lost_master_takes_its_tenants_back(
+    start_test_cluster: Callable[..., TestCluster],
+    engine: AsyncEngine,
+    settings: Settings,
+    auth: Callable[[TenantRecord], Headers],
+) -> None:
+    """With a replica per master (what the README recommends), a lost master's tenants are
+    back on Redis once Redis has promoted its replica: the client finds the new master."""
+    test_cluster = start_test_cluster(replicas=1)
+    on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
+    tenants = await tenants_on_every_master(engine, settings, test_cluster)
+    async with running_app(on_cluster) as (_, client):
+        callers = []
+        for tenant in tenants:
+            headers = auth(tenant)
+            project = await post_project(client, headers, name="v0")
+            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        await seconds_until_served_by_redis(client, callers)
+
+        lost = callers[0]
+        dead = test_cluster.master_of(lost.tenant.slug)
+        slot = test_cluster._owner.index(dead)
+        live_node = next(
+            test_cluster.nodes[index] for index in test_cluster.masters if index != dead
+        )
+        killed = time.monotonic()
+        test_cluster.kill(dead)
+        seen = Seen()
+        while test_cluster.slot_owners(live_node)[slot] == dead:  # until the promotion
+            await probe(client, lost, seen)
+            assert time.monotonic() - killed < 15, "no replica was promoted"
+            await asyncio.sleep(0.05)
+        promoted = time.monotonic() - killed
+        back = await seconds_until_served_by_redis(client, callers)
+        assert seen.statuses == {200: seen.requests}
+        print(
+            f"\nmaster {dead} killed, replica promoted after {promoted:.2f} s; its tenant "
+            f"meanwhile: {seen}; back on Redis {back * 1000:.0f} ms after the promotion"
+        )
