@@ -125,11 +125,13 @@ async def get_admission(
 AdmittedDep = Annotated[Admitted, Depends(get_admission)]
 
 
-def get_current_tenant(admitted: AdmittedDep) -> Tenant:
+# Every dependency here is `async def`: FastAPI runs a plain `def` dependency in a thread
+# of its pool, a thread hop per request for what is an attribute read.
+async def get_current_tenant(admitted: AdmittedDep) -> Tenant:
     return admitted.tenant
 
 
-def get_actor(admitted: AdmittedDep) -> Principal:
+async def get_actor(admitted: AdmittedDep) -> Principal:
     return admitted.principal
 
 

@@ -16,7 +16,7 @@ from app.services.cache import TenantCache
 from app.services.cache_entries import CacheKey
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Header
 from app.services.idempotency import validate_key
 
 
-def get_idempotency_key(
+async def get_idempotency_key(
     idempotency_key: Annotated[
         str | None,
         Header(
