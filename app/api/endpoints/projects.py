@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from app.api.dependencies.cache import CachedRead, CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.dependencies.tenant import Actor
 from app.api.endpoints import _cache_keys as keys
 from app.api.endpoints._resources import cacheable, created, from_cached, from_stored
@@ -22,7 +22,7 @@ from app.services import idempotency
 from app.services import projects as service
 from app.services.cache import CachedResponse
 from app.services.idempotency import StoredResponse
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=responses(*TENANT_ERRORS))
 
@@ -72,8 +72,8 @@ def project_page_read(*, limit: int, cursor: str | None) -> CachedRead:
 @router.get("", response_model=Page[ProjectOut], summary="List projects, newest first")
 async def list_projects(
     reads: CachedReads,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> Response:
     return from_cached(await reads.read(project_page_read(limit=limit, cursor=cursor)))
 

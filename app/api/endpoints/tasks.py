@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from app.api.dependencies.cache import CachedRead, CachedReads, Invalidation
 from app.api.dependencies.db import TenantConnection
 from app.api.dependencies.idempotency import IdempotencyKey
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.dependencies.tenant import Actor
 from app.api.endpoints import _cache_keys as keys
 from app.api.endpoints._resources import cacheable, created, from_cached, from_stored
@@ -17,13 +18,13 @@ from app.api.errors import TENANT_ERRORS, responses
 from app.api.preconditions import IfMatch, IfNoneMatch, etag, if_match_versions
 from app.db.repositories.tasks import TaskFilter
 from app.db.session import Executor
-from app.schemas.common import Page, SafeStr
+from app.schemas.common import Page, SafeStr, without_null
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
 from app.services import idempotency
 from app.services import tasks as service
 from app.services.cache import CachedResponse
 from app.services.idempotency import StoredResponse
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
 
@@ -69,13 +70,23 @@ async def create_task(
 async def list_tasks(
     project_id: uuid.UUID,
     reads: CachedReads,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    assignee: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
-    label: Annotated[
-        SafeStr | None, Query(min_length=1, max_length=50, description="tasks carrying it")
+    status_: Annotated[
+        TaskStatus | None, Query(alias="status", json_schema_extra=without_null())
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    assignee: Annotated[
+        SafeStr | None, Query(min_length=1, max_length=200, json_schema_extra=without_null())
+    ] = None,
+    label: Annotated[
+        SafeStr | None,
+        Query(
+            min_length=1,
+            max_length=50,
+            description="tasks carrying it",
+            json_schema_extra=without_null(),
+        ),
+    ] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> Response:
     read = task_page_read(
         project_id, status=status_, assignee=assignee, label=label, limit=limit, cursor=cursor
