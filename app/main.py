@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(platform.router)
+    app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,

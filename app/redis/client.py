@@ -1,5 +1,5 @@
 """The Redis client, built once per process from REDIS_URL: the thin pipelined client
-(app/core/resp.py) for a plain redis:// server, redis-py for Cluster and everything else."""
+(app/redis/resp.py) for a plain redis:// server, redis-py for Cluster and everything else."""
 
 from __future__ import annotations
 

@@ -21,6 +21,6 @@ def entry(*, actor: str, action: str, at: datetime) -> AuditEntry:
 async def list_events(
     conn: Executor, *, limit: int, cursor: str | None
 ) -> tuple[list[AuditEventRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     events = await repo.list_events(conn, limit=limit + 1, after=after)
     return cut_page(events, limit, lambda event: (event.at, event.id))

@@ -47,7 +47,7 @@ async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:
 async def list_projects(
     conn: Executor, *, limit: int, cursor: str | None
 ) -> tuple[list[ProjectRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     records = await repo.list_projects(conn, limit=limit + 1, after=after)
     return cut_page(records, limit, created)
 

@@ -58,7 +58,7 @@ async def list_tasks(
     limit: int,
     cursor: str | None,
 ) -> tuple[list[TaskRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     if not await projects_repo.PROJECTS.exists(conn, project_id):
         raise ProjectNotFound()
     records = await repo.list_tasks(conn, project_id, filters=filters, limit=limit + 1, after=after)

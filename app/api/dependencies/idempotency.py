@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 
-from app.services.idempotency import validate_key
+from app.schemas.common import without_null
+from app.services.idempotency import KEY_PATTERN, validate_key
 
 
 async def get_idempotency_key(
@@ -15,7 +16,10 @@ async def get_idempotency_key(
         Header(
             alias="Idempotency-Key",
             description="1-255 visible ASCII characters. A repeat with the same body within "
-            "24 hours replays the first response (Idempotent-Replayed: true).",
+            "24 hours replays the first response (Idempotent-Replayed: true). Any other key "
+            "answers 400 `invalid_idempotency_key`.",
+            # Only documented here: validate_key enforces the same pattern with its own code.
+            json_schema_extra=without_null(pattern=KEY_PATTERN, minLength=1, maxLength=255),
         ),
     ] = None,
 ) -> str | None:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from app.api.cached_reads import CachedRead, cached_get, one_resource, page_read, resource_read
 from app.api.declared_routes import Write, create_route, delete_route, update_route
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.endpoints import _cache_keys as keys
 from app.api.errors import TENANT_ERRORS, responses
 from app.schemas.common import Page
 from app.schemas.projects import ProjectCreate, ProjectOut, ProjectUpdate
 from app.services import projects as service
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=responses(*TENANT_ERRORS))
 
@@ -36,8 +36,8 @@ async def create_project(write: Write, body: ProjectCreate) -> service.ProjectRe
 
 @cached_get(router, "", response_model=Page[ProjectOut], summary="List projects, newest first")
 def list_projects(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> CachedRead:
     return page_read(
         keys.project_page(limit=limit, cursor=cursor),

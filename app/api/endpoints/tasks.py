@@ -9,12 +9,13 @@ from fastapi import APIRouter, Query
 
 from app.api.cached_reads import CachedRead, cached_get, one_resource, page_read, resource_read
 from app.api.declared_routes import Write, create_route, delete_route, update_route
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.endpoints import _cache_keys as keys
 from app.api.errors import TENANT_ERRORS, responses
-from app.schemas.common import Page, SafeStr
+from app.schemas.common import Page, SafeStr, without_null
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
 from app.services import tasks as service
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
 
@@ -43,13 +44,23 @@ async def create_task(write: Write, body: TaskCreate, project_id: uuid.UUID) -> 
 )
 def list_tasks(
     project_id: uuid.UUID,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    assignee: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
-    label: Annotated[
-        SafeStr | None, Query(min_length=1, max_length=50, description="tasks carrying it")
+    status_: Annotated[
+        TaskStatus | None, Query(alias="status", json_schema_extra=without_null())
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    assignee: Annotated[
+        SafeStr | None, Query(min_length=1, max_length=200, json_schema_extra=without_null())
+    ] = None,
+    label: Annotated[
+        SafeStr | None,
+        Query(
+            min_length=1,
+            max_length=50,
+            description="tasks carrying it",
+            json_schema_extra=without_null(),
+        ),
+    ] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> CachedRead:
     filters = service.TaskFilter(status=status_, assignee=assignee, label=label)
     return page_read(
