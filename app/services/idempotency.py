@@ -107,7 +107,7 @@ async def run_once(
             response_body=response.body,
         ),
         keep_for=KEEP_FOR,
+        # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
+        purge=PURGE_PER_NEW_KEY,
     )
-    # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
-    await repo.purge_expired(conn, limit=PURGE_PER_NEW_KEY)
     return response, False
