@@ -101,7 +101,10 @@ def uvicorn(
 
 class Proxy:
     """A TCP proxy in front of a server (PostgreSQL, Redis) that a test can cut and restore,
-    or freeze (connections stay open, nothing is passed on)."""
+    or freeze (connections stay open, nothing is passed on). With `linger` it passes a
+    server's closing of a connection on that many seconds after the last data, as a slower
+    network or a proxy may: the moment between a server's last word and its hanging up,
+    made long enough to act in."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -109,6 +112,7 @@ class Proxy:
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
         self.frozen = False
+        self.linger = 0.0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -138,6 +142,8 @@ class Proxy:
                         await asyncio.sleep(0.02)
                     dst.write(data)
                     await dst.drain()
+                if self.linger:
+                    await asyncio.sleep(self.linger)
             dst.transport.abort()
 
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))

@@ -12,6 +12,7 @@ round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
-from asyncpg.exceptions import InvalidParameterValueError
+from asyncpg.exceptions import InterfaceError, InternalClientError, InvalidParameterValueError
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
@@ -261,12 +262,36 @@ def _driver(pooled: PoolProxiedConnection) -> Any:
     return raw
 
 
+class ConnectionLost(ConnectionError):
+    """The server dropped a connection under a statement, or asyncpg refused a statement
+    on a connection it no longer holds idle (see `_discard_dead`): 503, never 500."""
+
+
+async def _discard_dead(engine: AsyncEngine, pooled: PoolProxiedConnection) -> None:
+    """Throw away a connection the server dropped, and with it every pooled connection
+    opened before it (they are replaced at their next checkout), as SQLAlchemy does on a
+    disconnect: a restart or crash drops them all.
+
+    Why asyncpg's `is_closed()` is not enough to find them first: a PostgreSQL shutdown
+    (`pg_ctl -m fast`, `pg_terminate_backend`, `idle_session_timeout`) sends each backend's
+    client a FATAL ErrorResponse and then closes the socket. On an idle connection asyncpg
+    takes that unsolicited message as a protocol error and waits, in state ERROR_CONSUME,
+    for a ReadyForQuery that never comes, and the connection still reports open until the
+    event loop has read the end of the stream, an iteration or more later. A statement sent
+    in between is refused before anything goes out ("cannot switch to state 15; another
+    operation (2) is in progress", asyncpg issue 784) and the connection is aborted, so it
+    is closed by the time we look: that is how it is recognised here, as SQLAlchemy's
+    asyncpg dialect recognises a disconnect (`is_disconnect`: the connection is closed)."""
+    pool = engine.sync_engine.pool
+    await greenlet_spawn(pool._invalidate, pooled)  # noqa: SLF001 (SQLAlchemy's own disconnect path)
+
+
 async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
     """A connection from the engine's pool (one greenlet hop: the pool may connect, recycle
     or wait), replacing one the server dropped while it sat idle (restart, failover)."""
     pooled = await engine.raw_connection()
     if _driver(pooled).is_closed():
-        await greenlet_spawn(pooled.invalidate)  # closes and checks it in
+        await _discard_dead(engine, pooled)  # its generation is recycled at checkout
         pooled = await engine.raw_connection()
     return pooled
 
@@ -319,7 +344,7 @@ class _ParkingLot:
             parked.timer.cancel()
             if not _driver(parked.pooled).is_closed():
                 return parked.pooled
-            self._in_background(greenlet_spawn(parked.pooled.invalidate))
+            self._in_background(_discard_dead(self.engine, parked.pooled))
         return None
 
     def park(self, pooled: PoolProxiedConnection) -> bool:
@@ -423,45 +448,97 @@ async def tenant_transaction(
     write in it) and lets its COMMIT wait, parked, for the next transaction's BEGIN
     (_ParkingLot): nothing in it needs committing, and COMMIT ends the pin either way.
 
-    A connection whose transaction could not be ended cleanly (cancelled mid-way, lost) is
-    invalidated rather than returned to the pool, so it can never carry a tenant's pin into
-    another request.
+    A connection goes back to the pool only when its COMMIT or ROLLBACK succeeded and it is
+    idle outside a transaction; any other (cancelled mid-way, timed out, lost) is
+    invalidated, so it can never carry a tenant's pin or an unfinished operation into
+    another request. A connection the server dropped is a `ConnectionLost` (503), never
+    asyncpg's refusal of a statement on it (500); see `_discard_dead`.
     """
     lot = _parking_lot(engine)
-    pooled = lot.take()
-    owes_commit = pooled is not None
-    if pooled is None:
-        pooled = await _checkout(engine)
+    pooled = await _begin(engine, lot, tenant, timeout=timeout, read_only=read_only)
     raw = _driver(pooled)
-    clean = parked = retire = False
+    retire = _worn_out(lot, pooled, tenant.schema)
+    parked = ended = False
     try:
-        begin = begin_pinned_sql(tenant, read_only=read_only)
-        if owes_commit:
-            begin = "COMMIT; " + begin  # the parked read-only transaction ends here
-        elif raw.is_in_transaction():  # never inherit someone else's transaction
-            await raw.execute("ROLLBACK", timeout=timeout)
-        try:
-            await raw.execute(begin, timeout=timeout)
-        except InvalidParameterValueError as exc:
-            # The tenant's role is gone: deleted while this replica's registry entry
-            # (at most about a second behind) still had it.
-            raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
-        retire = _worn_out(lot, pooled, tenant.schema)
         try:
             yield TenantSession(raw, statement_cache(engine), timeout)
-        except BaseException:
+        except BaseException as exc:
             # Short: if the server does not answer, the connection is dropped instead.
-            await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
-            clean = True
+            # Whatever happens to the ROLLBACK, nothing of this transaction was committed,
+            # so the request's own error stays the answer (a lost connection is a 503).
+            with contextlib.suppress(Exception):  # not proven idle then: discarded below
+                await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
+                ended = True
+            if raw.is_closed() and _refused(exc):
+                raise _lost(exc) from exc
             raise
         parked = read_only and not retire and lot.park(pooled)
         if not parked:
-            await raw.execute("COMMIT", timeout=timeout)
-        clean = True
+            try:
+                await raw.execute("COMMIT", timeout=timeout)
+            except Exception as exc:
+                if raw.is_closed() and _refused(exc):
+                    raise _lost(exc) from exc
+                raise
+            ended = True
     finally:
         if parked:
             pass  # the lot commits it: with the next BEGIN, or after PARK_SECONDS
-        elif clean and not retire:
+        elif ended and _idle_and_clean(raw) and not retire:
             await _checkin(engine, pooled)
+        elif raw.is_closed():
+            await _discard_dead(engine, pooled)
         else:  # not ended cleanly, or retired: its backend (and catalog cache) goes away
             await greenlet_spawn(pooled.invalidate)
+
+
+def _idle_and_clean(raw: Any) -> bool:
+    """After a COMMIT or ROLLBACK that succeeded: still open, and no transaction left on it
+    (what asyncpg last heard from the server)."""
+    return not raw.is_closed() and not raw.is_in_transaction()
+
+
+def _refused(exc: BaseException) -> bool:
+    """asyncpg's own refusal of a statement (client side), as opposed to a server error."""
+    return isinstance(exc, InterfaceError | InternalClientError)
+
+
+def _lost(exc: BaseException) -> ConnectionLost:
+    return ConnectionLost(f"connection lost: {type(exc).__name__}: {exc}")
+
+
+async def _begin(
+    engine: AsyncEngine, lot: _ParkingLot, tenant: TenantSchema, *, timeout: float, read_only: bool
+) -> PoolProxiedConnection:
+    """A connection with this transaction's BEGIN and pin done, in one round trip. When the
+    connection turns out to be one the server had dropped, nothing of the request has run
+    yet: it is discarded with its generation and the BEGIN goes once more to a fresh one."""
+    for attempt in range(2):
+        pooled = lot.take()
+        owes_commit = pooled is not None
+        if pooled is None:
+            pooled = await _checkout(engine)
+        raw = _driver(pooled)
+        begin = begin_pinned_sql(tenant, read_only=read_only)
+        try:
+            if owes_commit:
+                begin = "COMMIT; " + begin  # the parked read-only transaction ends here
+            elif raw.is_in_transaction():  # never inherit someone else's transaction
+                await raw.execute("ROLLBACK", timeout=timeout)
+            await raw.execute(begin, timeout=timeout)
+        except BaseException as exc:
+            if not raw.is_closed():
+                await greenlet_spawn(pooled.invalidate)
+                if isinstance(exc, InvalidParameterValueError):
+                    # The tenant's role is gone: deleted while this replica's registry
+                    # entry (at most about a second behind) still had it.
+                    raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
+                raise
+            await _discard_dead(engine, pooled)
+            if attempt == 0 and isinstance(exc, Exception):
+                continue
+            if _refused(exc):
+                raise _lost(exc) from exc
+            raise
+        return pooled
+    raise AssertionError("unreachable")
