@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,6 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.set_threshold(*GC_THRESHOLDS)
         try:
             yield
+        except asyncio.CancelledError:
+            # uvicorn's forced exit (a second Ctrl-C) sends no shutdown event and cancels
+            # this task instead: the cleanup below still runs in full, and the stop is a
+            # stop, not a failure with a traceback.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()  # collectable again: a process may build more apps (the tests do)

@@ -92,7 +92,12 @@ def serve(
         return
     config = uvicorn.Config("app.main:app", **options)  # type: ignore[arg-type]
     server = DrainingServer(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # As uvicorn.run: after a graceful stop on SIGINT (Ctrl-C) uvicorn raises the signal
+        # again for the default handler; the stop is done, so no traceback.
+        pass
     if not server.started:
         raise SystemExit(3)  # as uvicorn.run: the app did not start
 

@@ -23,7 +23,7 @@ import pytest
 
 from app.core.config import Settings
 from tests.served_app import SLOW_SECONDS
-from tests.servers import ROOT, app_environment, free_port, uvicorn
+from tests.servers import ROOT, app_environment, free_port, stop, uvicorn, wait_for
 
 GRACEFUL_TIMEOUT_SECONDS = 20  # what the Dockerfile and `tessera serve` pass to uvicorn
 IN_FLIGHT = 20
@@ -185,3 +185,50 @@ async def test_sigterm_50_ms_after_20_requests_answers_every_one_30_times_over(
     assert not failures, "\n".join(failures) + "\n" + log[-3000:]
     assert max(exits) < GRACEFUL_TIMEOUT_SECONDS
     assert "Traceback" not in log, log[-3000:]
+
+
+# --- Ctrl-C: `./scripts/start.sh` stops `tessera serve` with one, and nothing prints a traceback
+
+
+@pytest.mark.parametrize(
+    ("signals", "exit_codes"),
+    [
+        ((signal.SIGINT,), (0,)),  # Ctrl-C
+        ((signal.SIGINT, signal.SIGINT), (0,)),  # pressed twice: uvicorn's forced exit
+        ((signal.SIGINT, signal.SIGTERM), (-signal.SIGTERM,)),  # start.sh's cleanup follows
+    ],
+    ids=["ctrl-c", "ctrl-c-twice", "ctrl-c-then-sigterm"],
+)
+def test_tessera_serve_stops_on_ctrl_c_without_a_traceback(
+    settings: Settings, tmp_path: Path, signals: tuple[int, ...], exit_codes: tuple[int, ...]
+) -> None:
+    port = free_port()
+    env = app_environment(
+        settings,
+        AUTH_ISSUER=settings.auth_issuer,
+        DB_TENANT_ROLE_PREFIX=settings.db_tenant_role_prefix,
+    )
+    env["LOG_LEVEL"] = "INFO"  # uvicorn's lines say how it stopped
+    log = tmp_path / "serve.log"
+    tessera = Path(sys.executable).with_name("tessera")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(tessera), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", timeout=30, process=process)
+        time.sleep(0.5)  # the tenant registry's listener is connected and pinging
+        for sent in signals:
+            process.send_signal(sent)
+            time.sleep(0.05)
+        returncode = process.wait(timeout=GRACEFUL_TIMEOUT_SECONDS)
+    finally:
+        stop(process)
+    output = log.read_text()
+    assert "Finished server process" in output, output
+    assert "Traceback" not in output and "Error" not in output, output
+    assert returncode in exit_codes, output
