@@ -131,9 +131,4 @@ async def get_current_tenant(admitted: AdmittedDep) -> Tenant:
     return admitted.tenant
 
 
-async def get_actor(admitted: AdmittedDep) -> Principal:
-    return admitted.principal
-
-
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
-Actor = Annotated[Principal, Depends(get_actor)]

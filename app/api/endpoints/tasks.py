@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.cached_reads import CachedRead, cached_get, one_resource, page_read, resource_read
-from app.api.declared_routes import Write, create_route, delete_route, update_route
+from app.api.declared_routes import create_route, delete_route, update_route
+from app.api.dependencies.db import TenantWrite
 from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.endpoints import _cache_keys as keys
 from app.api.errors import TENANT_ERRORS, responses
@@ -29,7 +30,9 @@ router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
     summary="Create a task in a project (Location, ETag; Idempotency-Key honoured)",
     errors=(400, 404, 409),
 )
-async def create_task(write: Write, body: TaskCreate, project_id: uuid.UUID) -> service.TaskRecord:
+async def create_task(
+    write: TenantWrite, body: TaskCreate, project_id: uuid.UUID
+) -> service.TaskRecord:
     record = await service.create_task(write.conn, project_id, body, actor=write.actor.subject)
     write.invalidation.add(keys.task_pages(project_id))  # not on a replay: that changes nothing
     return record
@@ -82,7 +85,9 @@ def get_task(task_id: uuid.UUID) -> CachedRead:
 
 
 @update_route(router, "/v1/tasks/{task_id}", body=TaskUpdate, out=TaskOut)
-async def update_task(write: Write, task_id: uuid.UUID, body: TaskUpdate) -> service.TaskRecord:
+async def update_task(
+    write: TenantWrite, task_id: uuid.UUID, body: TaskUpdate
+) -> service.TaskRecord:
     record = await service.update_task(
         write.conn, task_id, body, actor=write.actor.subject, versions=write.versions
     )
@@ -91,7 +96,7 @@ async def update_task(write: Write, task_id: uuid.UUID, body: TaskUpdate) -> ser
 
 
 @delete_route(router, "/v1/tasks/{task_id}", summary="Delete a task")
-async def delete_task(write: Write, task_id: uuid.UUID) -> None:
+async def delete_task(write: TenantWrite, task_id: uuid.UUID) -> None:
     project_id = await service.delete_task(
         write.conn, task_id, actor=write.actor.subject, versions=write.versions
     )
