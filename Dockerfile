@@ -29,6 +29,7 @@ EXPOSE 8000
 # slim has no curl; the interpreter is already there.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
-# The graceful timeout lets in-flight requests finish on SIGTERM; orchestrators must wait longer
+# `tessera serve` (uvicorn with a shutdown that answers every connection it accepted): on
+# SIGTERM requests in flight get up to the graceful timeout; orchestrators must wait longer
 # (compose stop_grace_period, Kubernetes terminationGracePeriodSeconds).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20", "--no-access-log"]
+CMD ["tessera", "serve", "--host", "0.0.0.0", "--port", "8000", "--graceful-timeout", "20"]

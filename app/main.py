@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -54,6 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             with tuned_for_serving():
                 yield
+        except asyncio.CancelledError:
+            # uvicorn's forced exit (a second Ctrl-C) sends no shutdown event and cancels
+            # this task instead: the cleanup below still runs in full, and the stop is a
+            # stop, not a failure with a traceback.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
             await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
@@ -74,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(platform.router)
+    app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,

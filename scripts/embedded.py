@@ -85,6 +85,7 @@ def _redis_answers() -> bool:
 
 
 def stop() -> None:
+    warnings.simplefilter("ignore")  # pgserver's platformdirs warns about XDG_RUNTIME_DIR
     pg_ctl = None
     try:
         import pgserver

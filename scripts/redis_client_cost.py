@@ -1,4 +1,4 @@
-"""CPU per hot-path Redis call: redis-py's asyncio client against app/core/resp.py.
+"""CPU per hot-path Redis call: redis-py's asyncio client against app/redis/resp.py.
 
     uv run python scripts/redis_client_cost.py [--redis-url redis://127.0.0.1:6379/11]
 

@@ -111,9 +111,10 @@ class ServedApp:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, app: ASGIApp) -> None:
+    def start(self, app: ASGIApp, *, lifespan: str = "off") -> None:
+        """Serve `app`; with lifespan="on" its startup has run (and failed loudly) on return."""
         config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", ws="none", http="h11", access_log=False
+            app, lifespan=lifespan, log_level="warning", ws="none", http="h11", access_log=False
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

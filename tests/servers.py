@@ -1,14 +1,17 @@
-"""Helpers for tests that run real processes: free ports, uvicorn, waiting for an answer."""
+"""Helpers for tests that run real processes: free ports, uvicorn, waiting for an answer, a
+PostgreSQL cluster of a test's own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -66,9 +69,15 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
 
 @contextmanager
 def uvicorn(
-    settings: Settings, target: str, *extra_args: str, env: dict[str, str] | None = None
+    settings: Settings,
+    target: str,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Serve `target` with uvicorn on a free loopback port; yield the process and base URL."""
+    """Serve `target` with uvicorn on a free loopback port; yield the process and base URL.
+    Its stderr is a pipe, or the file `log` for a server that may log more than a pipe
+    holds while nobody reads it."""
     port = free_port()
     args: Sequence[str] = [
         sys.executable,
@@ -82,13 +91,15 @@ def uvicorn(
         "--no-access-log",
         *extra_args,
     ]
-    process = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env or app_environment(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("wb")) if log is not None else subprocess.PIPE
+        process = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env or app_environment(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(base + "/healthz", timeout=15, process=process)
@@ -101,7 +112,10 @@ def uvicorn(
 
 class Proxy:
     """A TCP proxy in front of a server (PostgreSQL, Redis) that a test can cut and restore,
-    or freeze (connections stay open, nothing is passed on)."""
+    or freeze (connections stay open, nothing is passed on). With `linger` it passes a
+    server's closing of a connection on that many seconds after the last data, as a slower
+    network or a proxy may: the moment between a server's last word and its hanging up,
+    made long enough to act in."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -109,6 +123,7 @@ class Proxy:
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
         self.frozen = False
+        self.linger = 0.0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -138,7 +153,71 @@ class Proxy:
                         await asyncio.sleep(0.02)
                     dst.write(data)
                     await dst.drain()
+                if self.linger:
+                    await asyncio.sleep(self.linger)
             dst.transport.abort()
 
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
         self.links.difference_update({writer, up_writer})
+
+
+def _postgres_bindir() -> Path | None:
+    """PostgreSQL's server binaries: Debian's newest, else the embedded pgserver's."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts)
+    if debian:
+        return debian[-1].parent
+    with contextlib.suppress(ImportError):
+        import pgserver
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if (bundled / "pg_ctl").exists():
+            return bundled
+    return None
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary directory, on a free loopback port, that a
+    test may stop (`-m fast`), crash (`-m immediate`) and start again. PostgreSQL refuses to
+    run as root, so under root its commands run as the `postgres` user."""
+
+    def __init__(self) -> None:
+        bindir = _postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("no PostgreSQL server binaries (pg_ctl) found")
+        self.bindir = bindir
+        self.directory = Path(tempfile.mkdtemp(prefix="tessera-pg-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        self._as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+            self._as_postgres = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [*self._as_postgres, str(self.bindir / tool), *args]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        log = str(self.directory / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: a clean shutdown, sessions told and closed; `immediate`: a crash (no
+        shutdown checkpoint, crash recovery at the next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            if (self.data / "postmaster.pid").exists():
+                self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -125,13 +125,10 @@ async def get_admission(
 AdmittedDep = Annotated[Admitted, Depends(get_admission)]
 
 
-def get_current_tenant(admitted: AdmittedDep) -> Tenant:
+# Every dependency here is `async def`: FastAPI runs a plain `def` dependency in a thread
+# of its pool, a thread hop per request for what is an attribute read.
+async def get_current_tenant(admitted: AdmittedDep) -> Tenant:
     return admitted.tenant
 
 
-def get_actor(admitted: AdmittedDep) -> Principal:
-    return admitted.principal
-
-
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
-Actor = Annotated[Principal, Depends(get_actor)]

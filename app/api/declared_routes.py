@@ -12,41 +12,29 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel
 
-from app.api.admission import Actor
-from app.api.dependencies.auth import Principal
-from app.api.dependencies.db import CacheInvalidation, Invalidation, TenantConnection
-from app.api.dependencies.idempotency import IdempotencyKey
+from app.api.dependencies.db import TenantWork, TenantWrite
+from app.api.dependencies.idempotency import IdempotencyKeyHeader
 from app.api.errors import responses
 from app.api.preconditions import IfMatch, etag, if_match_versions
 from app.api.responses import create_once, created
-from app.db.executor import Executor
 from app.services.idempotency import StoredResponse
 from app.services.versioned import Versioned
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """What a resource's change works with: the pinned transaction, the caller, the cache
-    entries to drop after commit, and the versions If-Match allows (None: any)."""
-
-    conn: Executor
-    actor: Principal
-    invalidation: CacheInvalidation
-    versions: Collection[int] | None = None
-
-
-def _write(values: dict[str, Any], resource_id: uuid.UUID | None = None) -> Write:
-    versions = None if resource_id is None else if_match_versions(values["if_match"], resource_id)
-    return Write(values["conn"], values["actor"], values["invalidation"], versions)
+def _write(values: dict[str, Any], resource_id: uuid.UUID | None = None) -> TenantWrite:
+    work: TenantWrite = values["work"]
+    if resource_id is None:
+        return work
+    return replace(work, versions=if_match_versions(values["if_match"], resource_id))
 
 
 def add_route(
@@ -83,9 +71,7 @@ def _params(id_name: str, **own: Any) -> dict[str, Any]:
     return {
         id_name: uuid.UUID,
         **own,
-        "conn": TenantConnection,
-        "actor": Actor,
-        "invalidation": Invalidation,
+        "work": TenantWork,
         "if_match": inspect.Parameter("if_match", KEYWORD, default=None, annotation=IfMatch),
     }
 
@@ -111,7 +97,7 @@ def create_route(
 
     def declare(create: Creation) -> Creation:
         async def endpoint(**values: Any) -> Response:
-            conn = values["conn"]
+            conn = values["work"].conn
 
             async def produce() -> StoredResponse:
                 record = await create(
@@ -137,10 +123,10 @@ def create_route(
                 "request": Request,
                 **dict.fromkeys(ids, uuid.UUID),
                 "body": body,
-                "conn": TenantConnection,
-                "actor": Actor,
-                "key": IdempotencyKey,
-                "invalidation": Invalidation,
+                "work": TenantWork,
+                "key": inspect.Parameter(
+                    "key", KEYWORD, default=None, annotation=IdempotencyKeyHeader
+                ),
             },
             status_code=status.HTTP_201_CREATED,
             response_model=out,
@@ -152,8 +138,8 @@ def create_route(
     return declare
 
 
-Change = Callable[[Write, uuid.UUID, Any], Awaitable[Versioned]]
-Removal = Callable[[Write, uuid.UUID], Awaitable[None]]
+Change = Callable[[TenantWrite, uuid.UUID, Any], Awaitable[Versioned]]
+Removal = Callable[[TenantWrite, uuid.UUID], Awaitable[None]]
 
 
 def update_route(

@@ -11,6 +11,8 @@ from typing import Annotated
 
 from fastapi import Header
 
+from app.schemas.common import without_null
+
 
 def etag(resource_id: uuid.UUID, version: int) -> str:
     return f'"{resource_id}-{version}"'
@@ -49,13 +51,18 @@ IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
-        description="Apply only if the resource's ETag is one of these; else 412.",
+        json_schema_extra=without_null(),
+        # Any value is accepted: RFC 9110 section 13.1.1 makes a value that is neither `*` nor
+        # a list of entity tags a condition that is false, so it answers 412, not 422.
+        description='`*` or entity tags (`"<id>-<version>"`, comma-separated): apply only if '
+        "the resource exists (`*`) or its ETag is one of them (strong comparison); else 412.",
     ),
 ]
 IfNoneMatch = Annotated[
     str | None,
     Header(
         alias="If-None-Match",
+        json_schema_extra=without_null(),
         description="Answer 304 without a body when the current ETag is one of these.",
     ),
 ]

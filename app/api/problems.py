@@ -10,9 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from app.core.context import request_id_var
 from app.core.errors import TesseraError
@@ -144,8 +146,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         detail = f"No route matches {request.method} {request.url.path}."
     elif status == 405 and detail == "Method Not Allowed":
         detail = f"{request.method} is not allowed on {request.url.path}."
-    headers = dict(exc.headers) if exc.headers else None
-    return problem_response(status, code, detail, headers=headers)
+    headers = dict(exc.headers) if exc.headers else {}
+    if status == 405:
+        # The router names only the methods of the first route that matched the path; RFC 9110
+        # asks for every method the resource supports, OPTIONS included.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+        if request.method == "OPTIONS":  # RFC 9110 section 9.3.7: what the resource supports
+            return Response(status_code=200, headers=headers)
+    return problem_response(status, code, detail, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path, and OPTIONS."""
+    methods = {"OPTIONS"}
+    for route in iter_route_contexts(request.app.routes):
+        if route.path_format is not None and route.methods:
+            pattern, _, _ = compile_path(route.path_format)
+            if pattern.match(request.scope["path"]):
+                methods.update(route.methods)
+    return sorted(methods)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

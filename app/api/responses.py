@@ -33,8 +33,12 @@ async def create_once(
     body: BaseModel,
     produce: Callable[[], Awaitable[StoredResponse]],
 ) -> Response:
-    """The answer to a creating POST: `produce()`'s, or with an Idempotency-Key (`key`) the
-    replay of the first response to the same request (app/services/idempotency.py)."""
+    """The answer to a creating POST: `produce()`'s, or with an Idempotency-Key (`key`, 400
+    when malformed) the replay of the first response to the same request
+    (app/services/idempotency.py)."""
+    if key is None:
+        return from_stored(await produce(), replayed=False)
+    key = idempotency.validate_key(key)
     request_hash = idempotency.fingerprint(
         "POST", request.url.path, body.model_dump(mode="json", exclude_unset=True)
     )

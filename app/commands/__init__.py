@@ -9,6 +9,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def registrars() -> list[Registrar]:
-    from app.commands import dev, tenancy
+    from app.commands import dev, serve, tenancy
 
-    return [tenancy.register, dev.register]
+    return [serve.register, tenancy.register, dev.register]

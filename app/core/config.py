@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -70,8 +71,8 @@ class Settings(BaseSettings):
     database_listen_url: str | None = None
 
     # Tenant roles are cluster-wide in PostgreSQL; a prefix keeps several Tessera databases
-    # on one server (staging beside test, say) from sharing role names.
-    db_tenant_role_prefix: str = Field(default="", pattern=r"^[a-z0-9_]{0,12}$")
+    # on one server (staging beside test, say) from sharing role names (see the validator).
+    db_tenant_role_prefix: str = ""
 
     redis_url: str = DEV_REDIS_URL
     redis_cluster: bool = False
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     tenant_registry_ttl_seconds: float = Field(default=0.8, ge=0, le=0.9)
 
     metrics_token: str | None = None
+    # Production refuses /metrics without a token unless this says it is meant (a port only
+    # the scraper reaches): the metrics name every tenant with its traffic.
+    metrics_public: bool = False
     metrics_max_tenants: int = Field(default=1000, ge=0)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
@@ -159,6 +163,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"unsupported algorithm {alg!r}")
         return value
 
+    @field_validator("db_tenant_role_prefix")
+    @classmethod
+    def _role_prefix(cls, value: str) -> str:
+        problem = role_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("rate_limit_default")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
@@ -174,6 +186,14 @@ class Settings(BaseSettings):
                 raise ValueError("DATABASE_URL: production refuses the development default")
             if self.metrics_token is not None and len(self.metrics_token) < 16:
                 raise ValueError("METRICS_TOKEN: must be at least 16 characters in production")
+            if self.metrics_token is None and not self.metrics_public:
+                raise ValueError(
+                    "METRICS_TOKEN: production refuses /metrics open to anyone (it names every "
+                    "tenant); set METRICS_TOKEN, or METRICS_PUBLIC=true if only your scraper "
+                    "can reach the port"
+                )
+        if self.metrics_public and self.metrics_token:
+            raise ValueError("METRICS_PUBLIC: true contradicts METRICS_TOKEN; set one of them")
         return self
 
     @property
@@ -224,6 +244,36 @@ def _postgresql_url(value: str) -> str:
 
 def _libpq(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1]
+
+
+# A tenant's role is DB_TENANT_ROLE_PREFIX + "tenant_" + its slug with hyphens as underscores
+# (app/db/tenancy.py::schema_for), and slugs are 3-40 of ^[a-z][a-z0-9]*(-[a-z0-9]+)*$. With a
+# prefix of letters and digits ending in its only underscore, the prefix is everything up to
+# a role's first underscore; with none, that is "tenant". So no two prefixes can produce
+# the same role as long as "tenant_" itself is refused (it would turn slug "tenant-abc" of an
+# unprefixed database into "abc" of this one). "pg_" is PostgreSQL's reserved role prefix, a
+# leading letter keeps names plain identifiers, and 16 + len("tenant_") + 40 = 63, the
+# longest identifier PostgreSQL keeps whole.
+ROLE_PREFIX_PATTERN = re.compile(r"[a-z][a-z0-9]*_")
+ROLE_PREFIX_MAX = 16
+
+
+def role_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot prefix tenant role names, or None when it can (empty: none)."""
+    if not prefix:
+        return None
+    if not ROLE_PREFIX_PATTERN.fullmatch(prefix):
+        return (
+            "must be empty, or lowercase letters and digits starting with a letter and "
+            "ending in '_' (its only underscore), such as 'staging_'"
+        )
+    if len(prefix) > ROLE_PREFIX_MAX:
+        return f"must be at most {ROLE_PREFIX_MAX} characters (role names stop at 63)"
+    if prefix == "pg_":
+        return "'pg_' is reserved by PostgreSQL"
+    if prefix == "tenant_":
+        return "'tenant_' would give the roles of an unprefixed database's tenants"
+    return None
 
 
 def validate_rate_limit(value: str) -> None:

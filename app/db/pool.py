@@ -9,12 +9,13 @@ which pins it with the SQL of app/db/tenancy.py and hands the repositories an ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from asyncpg.exceptions import InvalidParameterValueError
+from asyncpg.exceptions import InterfaceError, InternalClientError, InvalidParameterValueError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
@@ -47,6 +48,27 @@ def _driver(pooled: PoolProxiedConnection) -> Any:
     raw = pooled.driver_connection  # asyncpg.Connection
     assert raw is not None
     return raw
+
+
+class ConnectionLost(ConnectionError):
+    """The server dropped a connection under a statement, or asyncpg refused a statement on
+    a connection it no longer holds idle (see TenantConnections._discard_dead): 503, never
+    500."""
+
+
+def _idle_and_clean(raw: Any) -> bool:
+    """After a COMMIT or ROLLBACK that succeeded: still open, and no transaction left on it
+    (what asyncpg last heard from the server)."""
+    return not raw.is_closed() and not raw.is_in_transaction()
+
+
+def _refused(exc: BaseException) -> bool:
+    """asyncpg's own refusal of a statement (client side), as opposed to a server error."""
+    return isinstance(exc, InterfaceError | InternalClientError)
+
+
+def _lost(exc: BaseException) -> ConnectionLost:
+    return ConnectionLost(f"connection lost: {type(exc).__name__}: {exc}")
 
 
 @dataclass(slots=True)
@@ -106,47 +128,85 @@ class TenantConnections:
         a write in it) and lets its COMMIT wait, parked, for the next transaction's BEGIN:
         nothing in it needs committing, and COMMIT ends the pin either way.
 
-        A connection whose transaction could not be ended cleanly (cancelled mid-way, lost)
-        is invalidated rather than returned to the pool, so it can never carry a tenant's
-        pin into another request.
+        A connection goes back to the pool only when its COMMIT or ROLLBACK succeeded and it
+        is idle outside a transaction; any other (cancelled mid-way, timed out, lost) is
+        invalidated, so it can never carry a tenant's pin or an unfinished operation into
+        another request. A connection the server dropped is a `ConnectionLost` (503), never
+        asyncpg's refusal of a statement on it (500); see `_discard_dead`.
         """
-        pooled = self._take_parked()
-        owes_commit = pooled is not None
-        if pooled is None:
-            pooled = await self._checkout()
+        pooled = await self._begin(tenant, timeout=timeout, read_only=read_only)
         raw = _driver(pooled)
-        clean = parked = retire = False
+        retire = self._worn_out(pooled, tenant.schema)
+        parked = ended = False
         try:
-            begin = begin_pinned_sql(tenant, read_only=read_only)
-            if owes_commit:
-                begin = "COMMIT; " + begin  # the parked read-only transaction ends here
-            elif raw.is_in_transaction():  # never inherit someone else's transaction
-                await raw.execute("ROLLBACK", timeout=timeout)
-            try:
-                await raw.execute(begin, timeout=timeout)
-            except InvalidParameterValueError as exc:
-                # The tenant's role is gone: deleted while this replica's registry entry
-                # (at most about a second behind) still had it.
-                raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
-            retire = self._worn_out(pooled, tenant.schema)
             try:
                 yield TenantSession(raw, self.statements, timeout)
-            except BaseException:
+            except BaseException as exc:
                 # Short: if the server does not answer, the connection is dropped instead.
-                await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
-                clean = True
+                # Whatever happens to the ROLLBACK, nothing of this transaction was
+                # committed, so the request's own error stays the answer (a lost connection
+                # is a 503).
+                with contextlib.suppress(Exception):  # not proven idle then: discarded below
+                    await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
+                    ended = True
+                if raw.is_closed() and _refused(exc):
+                    raise _lost(exc) from exc
                 raise
             parked = read_only and not retire and self._park(pooled)
             if not parked:
-                await raw.execute("COMMIT", timeout=timeout)
-            clean = True
+                try:
+                    await raw.execute("COMMIT", timeout=timeout)
+                except Exception as exc:
+                    if raw.is_closed() and _refused(exc):
+                        raise _lost(exc) from exc
+                    raise
+                ended = True
         finally:
             if parked:
                 pass  # committed later: with the next BEGIN, or after park_seconds
-            elif clean and not retire:
+            elif ended and _idle_and_clean(raw) and not retire:
                 await self._checkin(pooled)
+            elif raw.is_closed():
+                await self._discard_dead(pooled)
             else:  # not ended cleanly, or retired: its backend (and catalog cache) goes away
                 await greenlet_spawn(pooled.invalidate)
+
+    async def _begin(
+        self, tenant: TenantSchema, *, timeout: float, read_only: bool
+    ) -> PoolProxiedConnection:
+        """A connection with this transaction's BEGIN and pin done, in one round trip. When
+        the connection turns out to be one the server had dropped, nothing of the request
+        has run yet: it is discarded with its generation and the BEGIN goes once more to a
+        fresh one."""
+        for attempt in range(2):
+            pooled = self._take_parked()
+            owes_commit = pooled is not None
+            if pooled is None:
+                pooled = await self._checkout()
+            raw = _driver(pooled)
+            begin = begin_pinned_sql(tenant, read_only=read_only)
+            try:
+                if owes_commit:
+                    begin = "COMMIT; " + begin  # the parked read-only transaction ends here
+                elif raw.is_in_transaction():  # never inherit someone else's transaction
+                    await raw.execute("ROLLBACK", timeout=timeout)
+                await raw.execute(begin, timeout=timeout)
+            except BaseException as exc:
+                if not raw.is_closed():
+                    await greenlet_spawn(pooled.invalidate)
+                    if isinstance(exc, InvalidParameterValueError):
+                        # The tenant's role is gone: deleted while this replica's registry
+                        # entry (at most about a second behind) still had it.
+                        raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
+                    raise
+                await self._discard_dead(pooled)
+                if attempt == 0 and isinstance(exc, Exception):
+                    continue
+                if _refused(exc):
+                    raise _lost(exc) from exc
+                raise
+            return pooled
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         """Commit and return every parked connection (before the engine is disposed)."""
@@ -164,9 +224,26 @@ class TenantConnections:
         failover)."""
         pooled = await self.engine.raw_connection()
         if _driver(pooled).is_closed():
-            await greenlet_spawn(pooled.invalidate)  # closes and checks it in
+            await self._discard_dead(pooled)  # its generation is recycled at checkout
             pooled = await self.engine.raw_connection()
         return pooled
+
+    async def _discard_dead(self, pooled: PoolProxiedConnection) -> None:
+        """Throw away a connection the server dropped, and with it every pooled connection
+        opened before it (they are replaced at their next checkout), as SQLAlchemy does on a
+        disconnect: a restart or crash drops them all.
+
+        Why asyncpg's `is_closed()` is not enough to find them first: a PostgreSQL shutdown
+        (`pg_ctl -m fast`, `pg_terminate_backend`, `idle_session_timeout`) sends each
+        backend's client a FATAL ErrorResponse and then closes the socket. On an idle
+        connection asyncpg takes that unsolicited message as a protocol error and waits, in
+        state ERROR_CONSUME, for a ReadyForQuery that never comes, and the connection still
+        reports open until the event loop has read the end of the stream, an iteration or
+        more later. A statement sent in between is refused before anything goes out
+        ("cannot switch to state 15; another operation (2) is in progress", asyncpg issue
+        784) and the connection is aborted, so it is closed by the time we look: that is how
+        it is recognised here, as SQLAlchemy's asyncpg dialect recognises a disconnect."""
+        await greenlet_spawn(self._pool._invalidate, pooled)  # noqa: SLF001 (SQLAlchemy's disconnect path)
 
     async def _checkin(self, pooled: PoolProxiedConnection) -> None:
         """Back to the pool. Without a greenlet hop when returning it cannot close anything:
@@ -192,7 +269,7 @@ class TenantConnections:
             parked.timer.cancel()
             if not _driver(parked.pooled).is_closed():
                 return parked.pooled
-            self._in_background(greenlet_spawn(parked.pooled.invalidate))
+            self._in_background(self._discard_dead(parked.pooled))
         return None
 
     def _park(self, pooled: PoolProxiedConnection) -> bool:

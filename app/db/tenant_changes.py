@@ -94,16 +94,18 @@ class TenantChangeFeed:
             )
 
     async def aclose(self) -> None:
+        """Stop listening. Raises CancelledError only if aclose itself is cancelled while it
+        waits, never for the feed's own cancellation: `await task` would re-raise that, and
+        `cancelling()` cannot tell the two apart once the caller was cancelled before (as
+        uvicorn's forced exit, a second Ctrl-C, cancels the lifespan), which printed a
+        CancelledError traceback at shutdown."""
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # aclose itself was cancelled
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("tenant registry: listener ended with %r", task.exception())
 
     async def _run(self) -> None:
         while True:

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import RequestModel, SafeStr
+from app.schemas.common import Omittable, PatchModel, RequestModel, SafeStr
 
 ProjectName = Annotated[SafeStr, Field(min_length=1, max_length=200)]
 Description = Annotated[SafeStr, Field(max_length=10_000)]
-
-
-def refuse_null(value: Any) -> Any:
-    """PATCH: a field may be left out, but `null` only where the resource allows it."""
-    if value is None:
-        raise ValueError("may not be null")
-    return value
 
 
 class ProjectCreate(RequestModel):
@@ -26,13 +19,11 @@ class ProjectCreate(RequestModel):
     description: Description | None = None
 
 
-class ProjectUpdate(RequestModel):
+class ProjectUpdate(PatchModel):
     """Only the fields sent change; `description: null` clears it, `name: null` is a 422."""
 
-    name: ProjectName | None = None
+    name: Omittable[ProjectName] = None
     description: Description | None = None
-
-    _name_not_null = field_validator("name", mode="before")(refuse_null)
 
 
 class ProjectOut(BaseModel):

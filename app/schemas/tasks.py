@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from app.schemas.common import RequestModel, SafeStr
-from app.schemas.projects import Description, refuse_null
+from app.schemas.common import Omittable, PatchModel, RequestModel, SafeStr
+from app.schemas.projects import Description
 
 TaskStatus = Literal["todo", "in_progress", "done"]
 TaskPriority = Literal["low", "medium", "high"]
@@ -28,6 +29,19 @@ def _dedupe(labels: list[str]) -> list[str]:
 
 Labels = Annotated[list[Label], Field(max_length=MAX_LABELS), AfterValidator(_dedupe)]
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    # The document says `format: date` (RFC 3339 full-date); Pydantic alone would also take a
+    # number or a numeric string as seconds since 1970, and a datetime string.
+    if value is not None and not (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+DueDate = Annotated[date, BeforeValidator(_iso_date)]
+
 
 class TaskCreate(RequestModel):
     title: TaskTitle
@@ -36,22 +50,20 @@ class TaskCreate(RequestModel):
     priority: TaskPriority = "medium"
     assignee: Assignee | None = None
     labels: Labels = Field(default_factory=list)
-    due_date: date | None = None
+    due_date: DueDate | None = None
 
 
-class TaskUpdate(RequestModel):
+class TaskUpdate(PatchModel):
     """Only the fields sent change; `null` clears description, assignee and due_date, and is a
     422 for the others."""
 
-    title: TaskTitle | None = None
+    title: Omittable[TaskTitle] = None
     description: Description | None = None
-    status: TaskStatus | None = None
-    priority: TaskPriority | None = None
+    status: Omittable[TaskStatus] = None
+    priority: Omittable[TaskPriority] = None
     assignee: Assignee | None = None
-    labels: Labels | None = None
-    due_date: date | None = None
-
-    _not_null = field_validator("title", "status", "priority", "labels", mode="before")(refuse_null)
+    labels: Omittable[Labels] = None
+    due_date: DueDate | None = None
 
 
 class TaskOut(BaseModel):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.core.config import validate_rate_limit
-from app.core.slugs import SLUG_MAX, SLUG_MIN, slug_problem
-from app.schemas.common import RequestModel, SafeStr
+from app.core.slugs import RESERVED_SLUGS, SLUG_MAX, SLUG_MIN, SLUG_PATTERN, slug_problem
+from app.schemas.common import Omittable, PatchModel, RequestModel, SafeStr
 
 Plan = Literal["free", "pro", "enterprise"]
 Status = Literal["active", "suspended"]
@@ -29,10 +29,35 @@ def _rate_limit(value: str | None) -> str | None:
     return value
 
 
-Slug = Annotated[str, Field(min_length=SLUG_MIN, max_length=SLUG_MAX), AfterValidator(_slug)]
+# What slug_problem (app/db/tenancy.py) accepts, as JSON Schema: the pattern and lengths, and
+# neither a reserved name nor one starting with "pg".
+SLUG_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": SLUG_MIN,
+    "maxLength": SLUG_MAX,
+    "pattern": SLUG_PATTERN,
+    "not": {"anyOf": [{"enum": sorted(RESERVED_SLUGS)}, {"pattern": "^pg"}]},
+}
+
+
+def _slug_schema(schema: dict[str, Any]) -> None:
+    schema.update(SLUG_SCHEMA)
+
+
+Slug = Annotated[str, AfterValidator(_slug), Field(json_schema_extra=_slug_schema)]
+
+# A tenant's own limit: `limits` notation, in the form documented here (a count from 1, an
+# optional multiple, a unit; up to ten joined by ";"), which `limits` always parses.
+_RATE_LIMIT_ITEM = r"[1-9][0-9]{0,8}/([1-9][0-9]{0,2} ?)?(second|minute|hour|day|month|year)s?"
+RATE_LIMIT_PATTERN = rf"^{_RATE_LIMIT_ITEM}(;{_RATE_LIMIT_ITEM}){{0,9}}$"
 RateLimit = Annotated[
     str | None,
-    Field(max_length=200, examples=["600/minute", "10/second;1000/hour"]),
+    Field(
+        max_length=200,
+        pattern=RATE_LIMIT_PATTERN,
+        examples=["600/minute", "10/second;1000/hour"],
+        description="null: RATE_LIMIT_DEFAULT",
+    ),
     AfterValidator(_rate_limit),
 ]
 TenantName = Annotated[SafeStr, Field(min_length=1, max_length=200)]
@@ -45,11 +70,11 @@ class TenantCreate(RequestModel):
     rate_limit: RateLimit = None
 
 
-class TenantUpdate(RequestModel):
+class TenantUpdate(PatchModel):
     """Fields left out stay as they are; `rate_limit: null` returns to RATE_LIMIT_DEFAULT."""
 
-    name: TenantName | None = None
-    plan: Plan | None = None
+    name: Omittable[TenantName] = None
+    plan: Omittable[Plan] = None
     rate_limit: RateLimit = None
 
 

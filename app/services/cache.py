@@ -61,8 +61,8 @@ class _Lookup:
 
 @dataclass(frozen=True, slots=True)
 class Prefetched:
-    """A cached read counted and looked up in one round trip before routing
-    (app/api/fastpath.py); the rate-limit dependency and get_or_load carry on from it."""
+    """A request counted and its cached read looked up in one round trip (admission,
+    app/api/admission.py); the rate limiter and get_or_load carry on from it."""
 
     count: Count
     key: CacheKey | None  # None: counted only (cache off, or a flush owed first)

@@ -24,7 +24,9 @@ from app.db.repositories.idempotency import IdempotencyRecord
 
 PURGE_PER_NEW_KEY = 10
 KEEP_FOR = timedelta(hours=24)
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+# 1-255 visible ASCII characters (CONTRACT section 5); the OpenAPI document gives this pattern.
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY_RE = re.compile(KEY_PATTERN)
 # Only these headers describe the created resource; the rest belong to the request that sent them.
 REPLAYED_HEADERS = ("location", "etag", "content-type")
 
@@ -105,7 +107,7 @@ async def run_once(
             response_body=response.body,
         ),
         keep_for=KEEP_FOR,
+        # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
+        purge=PURGE_PER_NEW_KEY,
     )
-    # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
-    await repo.purge_expired(conn, limit=PURGE_PER_NEW_KEY)
     return response, False

@@ -30,11 +30,14 @@ PROJECT: Resource[ProjectRecord] = Resource(
 
 async def create_project(conn: Executor, body: ProjectCreate, *, actor: str) -> ProjectRecord:
     at = utcnow()
-    record = await repo.insert_project(
-        conn, id=uuid.uuid4(), name=body.name, description=body.description, at=at
+    return await repo.insert_project(
+        conn,
+        id=uuid.uuid4(),
+        name=body.name,
+        description=body.description,
+        at=at,
+        event=PROJECT.event("created", actor=actor, at=at),
     )
-    await PROJECT.record(conn, "created", record.id, actor=actor, at=at)
-    return record
 
 
 async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:
@@ -44,7 +47,7 @@ async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:
 async def list_projects(
     conn: Executor, *, limit: int, cursor: str | None
 ) -> tuple[list[ProjectRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     records = await repo.list_projects(conn, limit=limit + 1, after=after)
     return cut_page(records, limit, created)
 

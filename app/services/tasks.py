@@ -31,23 +31,18 @@ TASK: Resource[TaskRecord] = Resource("task", TaskNotFound, repo.get_task, repo.
 async def create_task(
     conn: Executor, project_id: uuid.UUID, body: TaskCreate, *, actor: str
 ) -> TaskRecord:
-    # The key-share lock keeps the project from being deleted between this check and the
-    # insert, so a concurrent delete can never turn into a foreign-key error (a 500).
-    if not await projects_repo.lock_project_for_child(conn, project_id):
-        raise ProjectNotFound()
     at = utcnow()
     record = await repo.insert_task(
         conn,
-        {
-            **body.model_dump(),
-            "id": uuid.uuid4(),
-            "project_id": project_id,
-            "created_by": actor,
-            "created_at": at,
-            "updated_at": at,
-        },
+        project_id,
+        body.model_dump(),
+        id=uuid.uuid4(),
+        created_by=actor,
+        at=at,
+        event=TASK.event("created", actor=actor, at=at),
     )
-    await TASK.record(conn, "created", record.id, actor=actor, at=at)
+    if record is None:  # the project is not there (the insert read it FOR KEY SHARE)
+        raise ProjectNotFound()
     return record
 
 
@@ -63,7 +58,7 @@ async def list_tasks(
     limit: int,
     cursor: str | None,
 ) -> tuple[list[TaskRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     if not await projects_repo.PROJECTS.exists(conn, project_id):
         raise ProjectNotFound()
     records = await repo.list_tasks(conn, project_id, filters=filters, limit=limit + 1, after=after)

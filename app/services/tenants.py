@@ -278,7 +278,7 @@ async def get_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
 async def list_tenants(
     engine: AsyncEngine, *, limit: int, status: str | None, cursor: str | None
 ) -> tuple[list[TenantRecord], str | None]:
-    after = decode_cursor(cursor) if cursor else None
+    after = None if cursor is None else decode_cursor(cursor)
     async with engine.connect() as conn:
         records = await repo.list_page(conn, limit=limit + 1, status=status, after=after)
     return cut_page(records, limit, created)

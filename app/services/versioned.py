@@ -1,5 +1,6 @@
 """What every versioned tenant resource (projects, tasks) does the same way: 404 by id,
-partial updates and deletes under If-Match, each change with its audit event."""
+partial updates and deletes under If-Match, each change with its audit event (written by
+the change's own statement)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pydantic import BaseModel
 from app.core.errors import NotFound, PreconditionFailed
 from app.db.executor import Executor
 from app.db.repositories._versioned import VersionedTable
-from app.services.audit import record_event
+from app.db.repositories.audit import AuditEntry
+from app.services import audit
 from app.services.clock import utcnow
 
 
@@ -50,17 +52,8 @@ class Resource(Generic[R]):
             raise self.not_found()
         return record
 
-    async def record(
-        self, conn: Executor, verb: str, resource_id: uuid.UUID, *, actor: str, at: datetime
-    ) -> None:
-        await record_event(
-            conn,
-            actor=actor,
-            action=f"{self.name}.{verb}",
-            resource_type=self.name,
-            resource_id=resource_id,
-            at=at,
-        )
+    def event(self, verb: str, *, actor: str, at: datetime) -> AuditEntry:
+        return audit.entry(actor=actor, action=f"{self.name}.{verb}", at=at)
 
     async def update(
         self,
@@ -81,10 +74,12 @@ class Resource(Generic[R]):
                 raise VersionMismatch()
             return current
         at = utcnow()
-        record = await self.table.update(conn, resource_id, changes, at=at, versions=versions)
+        event = self.event("updated", actor=actor, at=at)
+        record = await self.table.update(
+            conn, resource_id, changes, at=at, versions=versions, event=event
+        )
         if record is None:
             raise await self._missing_or_mismatch(conn, resource_id)
-        await self.record(conn, "updated", record.id, actor=actor, at=at)
         return record
 
     async def delete(
@@ -96,10 +91,10 @@ class Resource(Generic[R]):
         versions: Collection[int] | None,
     ) -> Any:
         """Delete it; answers what the table's delete answers (VersionedTable.deleted)."""
-        removed = await self.table.delete(conn, resource_id, versions=versions)
+        event = self.event("deleted", actor=actor, at=utcnow())
+        removed = await self.table.delete(conn, resource_id, versions=versions, event=event)
         if removed is None:
             raise await self._missing_or_mismatch(conn, resource_id)
-        await self.record(conn, "deleted", resource_id, actor=actor, at=utcnow())
         return removed
 
     async def _missing_or_mismatch(self, conn: Executor, resource_id: uuid.UUID) -> Exception:

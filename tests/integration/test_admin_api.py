@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.repositories.tenants import TenantRecord
 from tests.conftest import MakeToken
 from tests.integration.test_platform import assert_problem
 
@@ -124,6 +125,30 @@ async def test_bad_plan_rate_limit_and_unknown_fields_are_422(
     assert_problem(
         await create(client, admin, unique_slug("u"), color="red"), 422, "validation_error"
     )
+
+
+@pytest.mark.parametrize("rate_limit", ["0/minute", "10 per minute", "10/fortnight", "1/second;"])
+async def test_rate_limit_outside_the_documented_form_is_422(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    unique_slug: Callable[[str], str],
+    rate_limit: str,
+) -> None:
+    response = await create(client, admin, unique_slug("r"), rate_limit=rate_limit)
+    assert_problem(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize("field", ["name", "plan"])
+async def test_patch_with_null_name_or_plan_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, admin: dict[str, str], tenant: TenantRecord, field: str
+) -> None:
+    url = f"/admin/v1/tenants/{tenant.slug}"
+    body = assert_problem(
+        await client.patch(url, json={field: None}, headers=admin), 422, "validation_error"
+    )
+    assert [(e["loc"], e["type"]) for e in body["errors"]] == [(["body", field], "value_error")]
+    after = (await client.get(url, headers=admin)).json()
+    assert (after["name"], after["plan"]) == (tenant.name, tenant.plan)
 
 
 async def test_malformed_json_is_400_and_oversize_body_is_413(

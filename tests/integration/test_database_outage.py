@@ -8,10 +8,16 @@ import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
+from sqlalchemy import text
 
+from app.api.problems import is_database_unavailable
 from app.core.config import Settings
+from app.db.engine import build_engine
+from app.db.pool import ConnectionLost, TenantConnections
 from app.db.repositories.tenants import TenantRecord
+from app.db.tenancy import TenantSchema
 from tests.conftest import SERVER_URL, with_database
 from tests.servers import Proxy
 from tests.support import assert_problem, running_app
@@ -120,3 +126,78 @@ async def test_a_database_that_stops_answering_costs_a_503_within_5_s_not_a_hang
         ).status_code != 201:
             assert time.monotonic() < deadline, "no recovery within 10 s"
             await asyncio.sleep(0.2)
+
+
+# PostgreSQL ends a session (pg_ctl -m fast, pg_terminate_backend, idle_session_timeout) by
+# sending it a FATAL message and then closing the socket. Between the two, asyncpg holds the
+# connection neither idle nor closed and refuses any statement on it ("cannot switch to state
+# 15; another operation (2) is in progress"): the 500s of issue 15 while PostgreSQL
+# restarted. The proxy's `linger` widens that moment from an event-loop turn to half a second.
+
+
+async def backends_in_pool(
+    connections: TenantConnections, tenant: TenantSchema, count: int
+) -> set[int]:
+    """Fill the pool with `count` connections (held at once), idle afterwards; their pids."""
+
+    async def hold() -> int:
+        async with connections.transaction(tenant) as session:
+            pid = int(await session.scalar(text("SELECT pg_backend_pid()")))
+            await asyncio.sleep(0.05)
+            return pid
+
+    return set(await asyncio.gather(*(hold() for _ in range(count))))
+
+
+async def terminate(database_name: str, pids: set[int]) -> None:
+    conn = await asyncpg.connect(with_database(SERVER_URL, database_name))
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", list(pids)
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def lingering(
+    settings: Settings, database_name: str, proxy: Proxy
+) -> AsyncIterator[TenantConnections]:
+    """Three pooled connections through a proxy that hangs up late."""
+    proxy.linger = 0.5
+    engine = build_engine(
+        through(proxy, settings, database_name, db_pool_size=3, db_max_overflow=0)
+    )
+    connections = TenantConnections(engine)
+    yield connections
+    await connections.aclose()
+    await engine.dispose()
+
+
+async def test_pooled_connections_the_server_ended_are_replaced_before_use_never_refused(
+    database_name: str, tenant: TenantRecord, lingering: TenantConnections
+) -> None:
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    ended = await backends_in_pool(lingering, location, 3)
+    await terminate(database_name, ended)
+    await asyncio.sleep(0.1)  # their FATAL messages are in; the sockets close in 0.4 s
+    # Each transaction gets a connection proven good, none of the three ended ones.
+    serving = await backends_in_pool(lingering, location, 3)
+    assert len(serving) == 3
+    assert not serving & ended
+
+
+async def test_a_transaction_whose_session_the_server_ended_fails_as_a_lost_connection(
+    database_name: str, tenant: TenantRecord, lingering: TenantConnections
+) -> None:
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    with pytest.raises(ConnectionLost) as lost:
+        async with lingering.transaction(location) as session:
+            pid = int(await session.scalar(text("SELECT pg_backend_pid()")))
+            await terminate(database_name, {pid})
+            await asyncio.sleep(0.1)  # the FATAL message is in, the socket not yet closed
+            await session.execute(text("SELECT 1"))
+    assert is_database_unavailable(lost.value)  # answered 503 database_unavailable
+    # The pool holds nothing of it: the next transaction runs at once, on a new session.
+    async with lingering.transaction(location) as session:
+        assert int(await session.scalar(text("SELECT pg_backend_pid()"))) != pid

@@ -86,6 +86,21 @@ async def test_wrong_method_is_problem_405(client: httpx.AsyncClient) -> None:
     assert_problem(await client.post("/healthz"), 405, "method_not_allowed")
 
 
+async def test_405_allow_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    # Two routes share the path; the router alone would name the first one's method only.
+    response = await client.put("/admin/v1/tenants")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def test_options_answers_200_with_the_methods_of_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.options("/admin/v1/tenants/acme")
+    assert response.status_code == 200
+    assert response.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"
+    assert response.headers["content-length"] == "0"
+    assert_problem(await client.options("/nope"), 404, "not_found")
+
+
 async def test_request_id_is_echoed_when_valid(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz", headers={"X-Request-ID": "abc.DEF_123-x"})
     assert response.headers["X-Request-ID"] == "abc.DEF_123-x"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories.tenants import TenantRecord
+from app.services.pagination import CURSOR_PATTERN
 from tests.factories import post_project, post_task
 from tests.support import assert_problem, count_rows
 
@@ -210,6 +212,22 @@ async def test_list_is_newest_first_and_pages_with_a_cursor(
         seen += [p["id"] for p in page["items"]]
         cursor = page["next_cursor"]
     assert seen == created[::-1]
+
+
+async def test_every_cursor_of_the_documented_form_is_a_position(
+    client: httpx.AsyncClient, headers: Headers
+) -> None:
+    """The document gives the cursor's pattern; a cursor of that form is never refused, issued
+    or not: it answers the rows after the moment and id it names."""
+    created = [(await post_project(client, headers))["id"] for _ in range(3)]
+    first = (await client.get("/v1/projects?limit=1", headers=headers)).json()
+    assert re.fullmatch(CURSOR_PATTERN, first["next_cursor"])
+    future = f"{10**16 - 1}-{'f' * 32}"  # the year 2286: every row lies before it
+    past = f"0-{'0' * 32}"  # 1970: no row lies before it
+    for cursor, expected in ((future, created[::-1]), (past, []), ("", created[::-1])):
+        page = await client.get("/v1/projects", params={"cursor": cursor}, headers=headers)
+        assert page.status_code == 200, page.text
+        assert [p["id"] for p in page.json()["items"]] == expected
 
 
 async def test_pagination_is_stable_under_concurrent_inserts(

@@ -1,4 +1,4 @@
-"""The thin Redis client (app/core/resp.py) against real Redis servers: replies as redis-py
+"""The thin Redis client (app/redis/resp.py) against real Redis servers: replies as redis-py
 gives them, pipelining, scripts, outages, timeouts, AUTH and databases, closing."""
 
 from __future__ import annotations

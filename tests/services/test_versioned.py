@@ -106,3 +106,41 @@ async def test_a_failed_transaction_leaves_neither_the_row_nor_its_event(
     async with connections.transaction(loc(tenant)) as conn:
         assert await conn.scalar(text("SELECT count(*) FROM projects")) == 0
         assert await events(conn) == []
+
+
+async def test_a_write_whose_audit_event_fails_leaves_neither_the_row_nor_the_event(
+    connections: TenantConnections, tenant: TenantRecord
+) -> None:
+    """The event is written by the change's own statement: when the event cannot be
+    written (here: an event id already taken), the change is not made either."""
+    from app.db.repositories import projects as repo
+    from app.services import audit
+
+    async with connections.transaction(loc(tenant)) as conn:
+        made = await projects.create_project(conn, ProjectCreate(name="a"), actor="ann")
+        taken = (await conn.execute(text("SELECT id FROM audit_events"))).one()[0]
+    clash = audit.entry(actor="ann", action="project.created", at=made.created_at)
+    clash = type(clash)(taken, clash.at, clash.actor, clash.action, clash.request_id)
+    with pytest.raises(Exception, match="audit_events"):
+        async with connections.transaction(loc(tenant)) as conn:
+            await repo.insert_project(
+                conn, id=uuid.uuid4(), name="b", description=None, at=made.created_at, event=clash
+            )
+    async with connections.transaction(loc(tenant)) as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM projects")) == 1
+        assert await events(conn) == ["project.created"]
+
+
+async def test_a_task_and_its_event_are_written_together_or_not_at_all(
+    connections: TenantConnections, tenant: TenantRecord
+) -> None:
+    async with connections.transaction(loc(tenant)) as conn:
+        project = await projects.create_project(conn, ProjectCreate(name="a"), actor="ann")
+    with pytest.raises(Exception, match="status"):  # the table's CHECK refuses the row
+        async with connections.transaction(loc(tenant)) as conn:
+            await tasks.create_task(
+                conn, project.id, TaskCreate.model_construct(title="t", status="nope"), actor="b"
+            )
+    async with connections.transaction(loc(tenant)) as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM tasks")) == 0
+        assert await events(conn) == ["project.created"]

@@ -134,12 +134,12 @@ class TestCompose:
 class TestDockerfile:
     TEXT = (ROOT / "Dockerfile").read_text()
 
-    def test_runs_uvicorn_on_the_api_port_with_a_graceful_timeout(self) -> None:
+    def test_runs_tessera_serve_on_the_api_port_with_a_graceful_timeout(self) -> None:
         cmd = next(line for line in self.TEXT.splitlines() if line.startswith("CMD "))
         args = yaml.safe_load(cmd.removeprefix("CMD "))
-        assert args[:2] == ["uvicorn", "app.main:app"]
+        assert args[:2] == ["tessera", "serve"]  # the server that drains on SIGTERM
         assert args[args.index("--port") + 1] == str(API_PORT)
-        assert args[args.index("--timeout-graceful-shutdown") + 1] == str(GRACEFUL_TIMEOUT_SECONDS)
+        assert args[args.index("--graceful-timeout") + 1] == str(GRACEFUL_TIMEOUT_SECONDS)
 
     def test_is_uv_based_non_root_with_a_healthcheck(self) -> None:
         assert "uv sync --frozen --no-dev" in self.TEXT
@@ -197,10 +197,11 @@ class TestKubernetes:
     def test_termination_grace_covers_prestop_and_uvicorn_graceful_timeout(self) -> None:
         pod = _k8s("deployment.yaml")["spec"]["template"]["spec"]
         (container,) = pod["containers"]
+        assert container["command"][:2] == ["tessera", "serve"]
         graceful = next(
             int(arg.split("=")[1])
             for arg in container["command"]
-            if arg.startswith("--timeout-graceful-shutdown=")
+            if arg.startswith("--graceful-timeout=")
         )
         pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         assert pod["terminationGracePeriodSeconds"] > graceful + pre_stop

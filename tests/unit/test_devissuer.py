@@ -53,6 +53,7 @@ def test_dev_issuer_refuses_production(tmp_path: Path) -> None:
         environment="production",
         auth_issuer="https://issuer.example",
         database_url="postgresql://u@db.example:5432/tessera",
+        metrics_token="m" * 32,
     )
     with pytest.raises(DevIssuerRefused):
         DevIssuer(production, key_dir=tmp_path)
@@ -163,6 +164,7 @@ def test_dev_token_cli_refuses_production(
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("AUTH_ISSUER", "https://issuer.example")
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example:5432/tessera")
+    monkeypatch.setenv("METRICS_TOKEN", "m" * 32)
     get_settings.cache_clear()
     try:
         assert main(["dev-token", "--tenant", "acme", "--key-dir", str(tmp_path)]) == 2

@@ -3,20 +3,21 @@ changes leave the cache once it has committed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api.admission import CurrentTenant
+from app.api.admission import AdmittedDep
+from app.api.dependencies.auth import Principal
 from app.db.executor import Executor
 from app.services.cache import TenantCache
 from app.services.cache_entries import CacheKey
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 
@@ -46,18 +47,19 @@ class CacheInvalidation:
             await cache.invalidate(tenant_slug, *self.keys)
 
 
-async def get_cache_invalidation() -> CacheInvalidation:
-    # Called once per request (FastAPI caches dependencies per request), so the endpoint
-    # and the connection dependency hold the same object.
-    return CacheInvalidation()
+@dataclass(frozen=True, slots=True)
+class TenantWrite:
+    """A request's work in its tenant: the pinned transaction, the caller, the cache entries
+    to drop once it has committed, and the versions If-Match allows (None: any; set by the
+    route that takes If-Match)."""
+
+    conn: Executor
+    actor: Principal
+    invalidation: CacheInvalidation
+    versions: Collection[int] | None = None
 
 
-Invalidation = Annotated[CacheInvalidation, Depends(get_cache_invalidation)]
-
-
-async def get_tenant_connection(
-    request: Request, tenant: CurrentTenant, invalidation: Invalidation
-) -> AsyncIterator[Executor]:
+async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIterator[TenantWrite]:
     """One transaction per request, pinned to the tenant before anything else runs.
 
     Commits when the endpoint returns, rolls back when it raises; both happen before the
@@ -66,13 +68,18 @@ async def get_tenant_connection(
     What the endpoint changed leaves the cache after the COMMIT and still before the
     response: invalidating earlier would let a concurrent reader load the old row and cache
     it again under the new version. A rolled-back request invalidates nothing.
+
+    One dependency for all of it: FastAPI's resolution of each dependency costs CPU on every
+    request (docs/decisions/0015-writes-in-one-statement.md).
     """
     state = request.app.state
+    tenant = admitted.tenant
+    invalidation = CacheInvalidation()
     async with state.connections.transaction(
         tenant.location, timeout=state.settings.db_request_timeout_seconds
     ) as conn:
-        yield conn
+        yield TenantWrite(conn, admitted.principal, invalidation)
     await invalidation.apply(state.cache, tenant.slug)
 
 
-TenantConnection = Annotated[Executor, Depends(get_tenant_connection, scope="function")]
+TenantWork = Annotated[TenantWrite, Depends(get_tenant_write, scope="function")]

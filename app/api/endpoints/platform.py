@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from app import metrics
 from app.api import instrumentation
+from app.api.dependencies.auth import bearer_token
 from app.api.problems import problem_response
+from app.core.config import Settings
 from app.services.redis_health import redis_degraded
 
 logger = logging.getLogger("tessera.health")
@@ -70,47 +72,61 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 _PROBLEM: dict[str, dict[str, object]] = {"application/problem+json": {}}
-# auto_error=False: the token is optional unless METRICS_TOKEN is set, and a missing one must
-# answer problem+json, not FastAPI's default 403.
-MetricsCredentials = Annotated[
-    HTTPAuthorizationCredentials | None,
-    Depends(HTTPBearer(auto_error=False, scheme_name="metricsToken")),
-]
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics (text exposition format)",
-    description=(
-        "The HTTP and `tessera_*` metrics. When `METRICS_TOKEN` is set, the request must carry "
-        "`Authorization: Bearer <METRICS_TOKEN>`."
-    ),
-    response_class=Response,
-    responses={
-        200: {"content": {"text/plain": {}}, "description": "Metrics in the text format"},
-        401: {"content": _PROBLEM, "description": "METRICS_TOKEN is set and was not presented"},
-    },
+# Declared only when METRICS_TOKEN is set, so the document shows the security /metrics has.
+# auto_error=False: the answer to a missing token is problem+json, not FastAPI's default 403.
+metrics_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="metricsToken",
+    description="`Authorization: Bearer <METRICS_TOKEN>`.",
 )
-async def metrics_endpoint(request: Request, credentials: MetricsCredentials) -> Response:
-    expected = request.app.state.settings.metrics_token
+
+
+def metrics_router(settings: Settings) -> APIRouter:
+    """GET /metrics, as the settings make it: behind `Authorization: Bearer <METRICS_TOKEN>`
+    when METRICS_TOKEN is set (and so documented), open otherwise."""
+    expected = settings.metrics_token
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/plain": {}}, "description": "Metrics in the text format"},
+    }
+    dependencies = []
     if expected:
-        if credentials is None:
-            return problem_response(
-                401,
-                "not_authenticated",
-                "This endpoint requires Authorization: Bearer <METRICS_TOKEN>.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not instrumentation.token_matches(expected, credentials.credentials):
-            return problem_response(
-                401,
-                "invalid_token",
-                "The metrics token is not valid.",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-    await _check_redis(request)  # tessera_redis_degraded as of this scrape
-    body = await instrumentation.render(request.app.state.engine)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+        responses[401] = {"content": _PROBLEM, "description": "No token, or not METRICS_TOKEN"}
+        dependencies.append(Security(metrics_bearer))
+    router = APIRouter(tags=["platform"])
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format)",
+        description=(
+            "The HTTP and `tessera_*` metrics. When `METRICS_TOKEN` is set, the request must "
+            "carry `Authorization: Bearer <METRICS_TOKEN>`."
+        ),
+        response_class=Response,
+        responses=responses,
+        dependencies=dependencies,
+    )
+    async def metrics_endpoint(request: Request) -> Response:
+        if expected:
+            presented = bearer_token(request.headers.get("authorization", ""))
+            if presented is None:
+                return problem_response(
+                    401,
+                    "not_authenticated",
+                    "This endpoint requires Authorization: Bearer <METRICS_TOKEN>.",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not instrumentation.token_matches(expected, presented):
+                return problem_response(
+                    401,
+                    "invalid_token",
+                    "The metrics token is not valid.",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+        await _check_redis(request)  # tessera_redis_degraded as of this scrape
+        body = await instrumentation.render(request.app.state.engine)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    return router
 
 
 async def _check_database(request: Request) -> bool:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from app.api.cached_reads import CachedRead, cached_get, one_resource, page_read, resource_read
-from app.api.declared_routes import Write, create_route, delete_route, update_route
+from app.api.declared_routes import create_route, delete_route, update_route
+from app.api.dependencies.db import TenantWrite
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.endpoints import _cache_keys as keys
 from app.api.errors import TENANT_ERRORS, responses
 from app.schemas.common import Page
 from app.schemas.projects import ProjectCreate, ProjectOut, ProjectUpdate
 from app.services import projects as service
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=responses(*TENANT_ERRORS))
 
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=responses
     summary="Create a project (Location, ETag; Idempotency-Key honoured)",
     errors=(400, 409),
 )
-async def create_project(write: Write, body: ProjectCreate) -> service.ProjectRecord:
+async def create_project(write: TenantWrite, body: ProjectCreate) -> service.ProjectRecord:
     record = await service.create_project(write.conn, body, actor=write.actor.subject)
     write.invalidation.add(keys.project_pages())  # not on a replay: that changes nothing
     return record
@@ -36,8 +37,8 @@ async def create_project(write: Write, body: ProjectCreate) -> service.ProjectRe
 
 @cached_get(router, "", response_model=Page[ProjectOut], summary="List projects, newest first")
 def list_projects(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> CachedRead:
     return page_read(
         keys.project_page(limit=limit, cursor=cursor),
@@ -57,7 +58,7 @@ def get_project(project_id: uuid.UUID) -> CachedRead:
 
 @update_route(router, "/{project_id}", body=ProjectUpdate, out=ProjectOut)
 async def update_project(
-    write: Write, project_id: uuid.UUID, body: ProjectUpdate
+    write: TenantWrite, project_id: uuid.UUID, body: ProjectUpdate
 ) -> service.ProjectRecord:
     record = await service.update_project(
         write.conn, project_id, body, actor=write.actor.subject, versions=write.versions
@@ -67,7 +68,7 @@ async def update_project(
 
 
 @delete_route(router, "/{project_id}", summary="Delete a project and its tasks")
-async def delete_project(write: Write, project_id: uuid.UUID) -> None:
+async def delete_project(write: TenantWrite, project_id: uuid.UUID) -> None:
     await service.delete_project(
         write.conn, project_id, actor=write.actor.subject, versions=write.versions
     )

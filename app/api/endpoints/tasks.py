@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.cached_reads import CachedRead, cached_get, one_resource, page_read, resource_read
-from app.api.declared_routes import Write, create_route, delete_route, update_route
+from app.api.declared_routes import create_route, delete_route, update_route
+from app.api.dependencies.db import TenantWrite
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.endpoints import _cache_keys as keys
 from app.api.errors import TENANT_ERRORS, responses
-from app.schemas.common import Page, SafeStr
+from app.schemas.common import Page, SafeStr, without_null
 from app.schemas.tasks import TaskCreate, TaskOut, TaskStatus, TaskUpdate
 from app.services import tasks as service
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 
 router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
 
@@ -28,7 +30,9 @@ router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
     summary="Create a task in a project (Location, ETag; Idempotency-Key honoured)",
     errors=(400, 404, 409),
 )
-async def create_task(write: Write, body: TaskCreate, project_id: uuid.UUID) -> service.TaskRecord:
+async def create_task(
+    write: TenantWrite, body: TaskCreate, project_id: uuid.UUID
+) -> service.TaskRecord:
     record = await service.create_task(write.conn, project_id, body, actor=write.actor.subject)
     write.invalidation.add(keys.task_pages(project_id))  # not on a replay: that changes nothing
     return record
@@ -43,13 +47,23 @@ async def create_task(write: Write, body: TaskCreate, project_id: uuid.UUID) -> 
 )
 def list_tasks(
     project_id: uuid.UUID,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    assignee: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
-    label: Annotated[
-        SafeStr | None, Query(min_length=1, max_length=50, description="tasks carrying it")
+    status_: Annotated[
+        TaskStatus | None, Query(alias="status", json_schema_extra=without_null())
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    assignee: Annotated[
+        SafeStr | None, Query(min_length=1, max_length=200, json_schema_extra=without_null())
+    ] = None,
+    label: Annotated[
+        SafeStr | None,
+        Query(
+            min_length=1,
+            max_length=50,
+            description="tasks carrying it",
+            json_schema_extra=without_null(),
+        ),
+    ] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> CachedRead:
     filters = service.TaskFilter(status=status_, assignee=assignee, label=label)
     return page_read(
@@ -71,7 +85,9 @@ def get_task(task_id: uuid.UUID) -> CachedRead:
 
 
 @update_route(router, "/v1/tasks/{task_id}", body=TaskUpdate, out=TaskOut)
-async def update_task(write: Write, task_id: uuid.UUID, body: TaskUpdate) -> service.TaskRecord:
+async def update_task(
+    write: TenantWrite, task_id: uuid.UUID, body: TaskUpdate
+) -> service.TaskRecord:
     record = await service.update_task(
         write.conn, task_id, body, actor=write.actor.subject, versions=write.versions
     )
@@ -80,7 +96,7 @@ async def update_task(write: Write, task_id: uuid.UUID, body: TaskUpdate) -> ser
 
 
 @delete_route(router, "/v1/tasks/{task_id}", summary="Delete a task")
-async def delete_task(write: Write, task_id: uuid.UUID) -> None:
+async def delete_task(write: TenantWrite, task_id: uuid.UUID) -> None:
     project_id = await service.delete_task(
         write.conn, task_id, actor=write.actor.subject, versions=write.versions
     )

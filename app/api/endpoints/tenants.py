@@ -6,16 +6,18 @@ import time
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from app import metrics
 from app.api.dependencies.auth import require_admin
 from app.api.dependencies.db import EngineDep
+from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.errors import ADMIN_ERRORS, responses
-from app.schemas.common import Page
+from app.core.slugs import SLUG_MAX, SLUG_MIN, SLUG_PATTERN
+from app.schemas.common import Page, without_null
 from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
 from app.services import tenants as service
-from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenants import TenantRegistry
 
 router = APIRouter(
@@ -24,6 +26,10 @@ router = APIRouter(
     dependencies=[Depends(require_admin)],
     responses=responses(*ADMIN_ERRORS),
 )
+
+# A slug in a path: one of the form a tenant can have (else 422); one of that form that names
+# no tenant answers 404.
+TenantSlug = Annotated[str, Path(min_length=SLUG_MIN, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 
 
 def _out(request: Request, record: service.TenantRecord) -> TenantOut:
@@ -70,9 +76,12 @@ async def create_tenant(
 async def list_tenants(
     request: Request,
     engine: EngineDep,
-    status_: Annotated[Literal["active", "suspended"] | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    status_: Annotated[
+        Literal["active", "suspended"] | None,
+        Query(alias="status", json_schema_extra=without_null()),
+    ] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> Page[TenantOut]:
     records, next_cursor = await service.list_tenants(
         engine, limit=limit, status=status_, cursor=cursor
@@ -81,7 +90,7 @@ async def list_tenants(
 
 
 @router.get("/{slug}", response_model=TenantOut, summary="One tenant", responses=responses(404))
-async def get_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+async def get_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
     return _out(request, await service.get_tenant(engine, slug))
 
 
@@ -92,7 +101,7 @@ async def get_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOu
     responses=responses(404, 422),
 )
 async def update_tenant(
-    request: Request, slug: str, body: TenantUpdate, engine: EngineDep
+    request: Request, slug: TenantSlug, body: TenantUpdate, engine: EngineDep
 ) -> TenantOut:
     changes = body.model_dump(exclude_unset=True)
     record = await service.update_tenant(engine, slug, **changes)
@@ -112,12 +121,12 @@ STATUS_CHANGE: dict[str, Any] = {"response_model": TenantOut, "responses": respo
 
 
 @router.post("/{slug}/suspend", summary=SUSPEND_SUMMARY, **STATUS_CHANGE)
-async def suspend_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+async def suspend_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "suspended")
 
 
 @router.post("/{slug}/resume", summary="Resume a suspended tenant", **STATUS_CHANGE)
-async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
+async def resume_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "active")
 
 
@@ -127,7 +136,7 @@ async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> Tenan
     summary="Delete a suspended tenant: schema, data, cache entries and role",
     responses=responses(404, 409),
 )
-async def delete_tenant(request: Request, slug: str, engine: EngineDep) -> Response:
+async def delete_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> Response:
     await service.delete_tenant(engine, slug)
     _forget(request, slug)
     # Everything the tenant had cached goes at once (a generation bump); Redis being down

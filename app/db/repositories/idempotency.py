@@ -6,17 +6,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Interval, LargeBinary, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
 
-from app.db.executor import Executor
+from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import idempotency_keys
 
 # The lock id hashes the pinned schema with the key, so keys are per tenant without the
 # schema name ever appearing in Python; the lock ends with the transaction.
-_TRY_LOCK = text(
-    "SELECT pg_try_advisory_xact_lock("
-    "hashtextextended(current_schema() || ':idempotency:' || :key, 0))"
+_TRY_LOCK = prebuilt(
+    text(
+        "SELECT pg_try_advisory_xact_lock("
+        "hashtextextended(current_schema() || ':idempotency:' || :key, 0))"
+    )
 )
 
 
@@ -35,23 +37,24 @@ async def try_lock_key(conn: Executor, key: str) -> bool:
     return bool(await conn.scalar(_TRY_LOCK, {"key": key}))
 
 
+_GET_LIVE = prebuilt(
+    select(
+        idempotency_keys.c.key,
+        idempotency_keys.c.request_hash,
+        idempotency_keys.c.response_status,
+        idempotency_keys.c.response_headers,
+        idempotency_keys.c.response_body,
+    ).where(
+        idempotency_keys.c.key == bindparam("key"),
+        idempotency_keys.c.state == "done",
+        idempotency_keys.c.expires_at > func.now(),
+    )
+)
+
+
 async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
     """The finished, unexpired record of `key`; an expired one is as good as absent."""
-    row = (
-        await conn.execute(
-            select(
-                idempotency_keys.c.key,
-                idempotency_keys.c.request_hash,
-                idempotency_keys.c.response_status,
-                idempotency_keys.c.response_headers,
-                idempotency_keys.c.response_body,
-            ).where(
-                idempotency_keys.c.key == key,
-                idempotency_keys.c.state == "done",
-                idempotency_keys.c.expires_at > func.now(),
-            )
-        )
-    ).one_or_none()
+    row = (await conn.execute(_GET_LIVE, {"key": key})).one_or_none()
     if row is None:
         return None
     values: dict[str, Any] = dict(row._mapping)
@@ -59,34 +62,55 @@ async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
     return IdempotencyRecord(**values)
 
 
-async def save_done(conn: Executor, record: IdempotencyRecord, *, keep_for: timedelta) -> None:
-    """Record the response; replaces an expired record of the same key (the caller holds the
-    key's lock and found no live record, so any row left is an expired one)."""
+def _save_done_and_purge() -> Any:
+    """Record the response, replacing an expired record of the same key (the caller holds
+    the key's lock and found no live record, so any row left is an expired one), and delete
+    up to `purge` expired records (rows other transactions hold are skipped), so the table
+    stays as small as the keys of the last 24 hours without a separate job. One statement."""
     values = {
-        "key": record.key,
-        "request_hash": record.request_hash,
+        "key": bindparam("key"),
+        "request_hash": bindparam("request_hash"),
         "state": "done",
-        "response_status": record.response_status,
-        "response_headers": record.response_headers,
-        "response_body": record.response_body,
+        "response_status": bindparam("response_status"),
+        "response_headers": bindparam("response_headers", type_=JSONB),
+        "response_body": bindparam("response_body", type_=LargeBinary),
         "created_at": func.now(),
-        "expires_at": func.now() + keep_for,
+        "expires_at": func.now() + bindparam("keep_for", type_=Interval),
     }
-    statement = insert(idempotency_keys).values(**values)
-    statement = statement.on_conflict_do_update(
+    save = insert(idempotency_keys).values(**values)
+    save = save.on_conflict_do_update(
         index_elements=[idempotency_keys.c.key],
-        set_={name: statement.excluded[name] for name in values if name != "key"},
+        set_={name: save.excluded[name] for name in values if name != "key"},
     )
-    await conn.execute(statement)
-
-
-async def purge_expired(conn: Executor, *, limit: int) -> None:
-    """Delete up to `limit` expired records (rows other transactions hold are skipped), so
-    the table stays as small as the keys of the last 24 hours without a separate job."""
     expired = (
         select(idempotency_keys.c.key)
-        .where(idempotency_keys.c.expires_at < func.now())
-        .limit(limit)
+        # Never the key being saved: one statement must not change a row twice.
+        .where(
+            idempotency_keys.c.expires_at < func.now(), idempotency_keys.c.key != bindparam("key")
+        )
+        .limit(bindparam("purge"))
         .with_for_update(skip_locked=True)
     )
-    await conn.execute(delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired)))
+    purge = delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired))
+    return save.add_cte(purge.cte("purged"))
+
+
+_SAVE_DONE = prebuilt(_save_done_and_purge())
+
+
+async def save_done(
+    conn: Executor, record: IdempotencyRecord, *, keep_for: timedelta, purge: int
+) -> None:
+    """Record the response and purge up to `purge` expired records (_save_done_and_purge)."""
+    await conn.execute(
+        _SAVE_DONE,
+        {
+            "key": record.key,
+            "request_hash": record.request_hash,
+            "response_status": record.response_status,
+            "response_headers": record.response_headers,
+            "response_body": record.response_body,
+            "keep_for": keep_for,
+            "purge": purge,
+        },
+    )

@@ -6,13 +6,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import DateTime, bindparam, insert, select
 
 from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import projects
 from app.db.repositories._keyset import older_than
 from app.db.repositories._records import RowRecord
 from app.db.repositories._versioned import VersionedTable
+from app.db.repositories.audit import AuditEntry, with_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,17 +26,34 @@ class ProjectRecord(RowRecord):
     version: int
 
 
+_AT = bindparam("at", type_=DateTime(timezone=True))
+_INSERT_PROJECT = prebuilt(
+    with_event(
+        insert(projects).values(
+            id=bindparam("id"),
+            name=bindparam("name"),
+            description=bindparam("description"),
+            created_at=_AT,
+            updated_at=_AT,
+        ),
+        "project",
+        list(projects.c),
+    )
+)
+
+
 async def insert_project(
-    conn: Executor, *, id: uuid.UUID, name: str, description: str | None, at: datetime
+    conn: Executor,
+    *,
+    id: uuid.UUID,
+    name: str,
+    description: str | None,
+    at: datetime,
+    event: AuditEntry,
 ) -> ProjectRecord:
-    row = (
-        await conn.execute(
-            insert(projects)
-            .values(id=id, name=name, description=description, created_at=at, updated_at=at)
-            .returning(projects)
-        )
-    ).one()
-    return ProjectRecord.from_row(row)
+    """Insert the project and its audit event, in one statement."""
+    params = {"id": id, "name": name, "description": description, "at": at, **event.params()}
+    return ProjectRecord.from_row((await conn.execute(_INSERT_PROJECT, params)).one())
 
 
 _GET_PROJECT = prebuilt(select(projects).where(projects.c.id == bindparam("project_id")))
@@ -49,15 +67,6 @@ _FIRST_PROJECTS = prebuilt(
 async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord | None:
     row = (await conn.execute(_GET_PROJECT, {"project_id": project_id})).one_or_none()
     return ProjectRecord.from_row(row) if row else None
-
-
-async def lock_project_for_child(conn: Executor, project_id: uuid.UUID) -> bool:
-    """True when the project exists; it then cannot be deleted until this transaction ends
-    (FOR KEY SHARE: the lock a foreign key takes, which lets updates of the project through)."""
-    found = await conn.scalar(
-        select(projects.c.id).where(projects.c.id == project_id).with_for_update(key_share=True)
-    )
-    return found is not None
 
 
 async def list_projects(
@@ -77,4 +86,4 @@ async def list_projects(
 
 # By id, under If-Match: exists, update (version bumped), delete (its tasks go by ON DELETE
 # CASCADE; answers the id, None when nothing matched).
-PROJECTS = VersionedTable(projects, ProjectRecord.from_row)
+PROJECTS = VersionedTable(projects, "project", ProjectRecord.from_row)

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, insert, literal, select
+from sqlalchemy import DateTime, Text, Uuid, bindparam, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.db.executor import Executor, prebuilt
-from app.db.models.tenant import tasks
+from app.db.models.tenant import projects, tasks
 from app.db.repositories._keyset import older_than
 from app.db.repositories._records import RowRecord
 from app.db.repositories._versioned import VersionedTable
+from app.db.repositories.audit import AuditEntry, with_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +43,63 @@ class TaskFilter:
     label: str | None = None
 
 
-async def insert_task(conn: Executor, values: Mapping[str, Any]) -> TaskRecord:
-    row = (await conn.execute(insert(tasks).values(**values).returning(tasks))).one()
-    return TaskRecord.from_row(row)
+# The task's columns set on create, each from the bind parameter of its name.
+_CREATED = (
+    "title",
+    "description",
+    "status",
+    "priority",
+    "assignee",
+    "labels",
+    "due_date",
+    "created_by",
+)
+_AT = bindparam("at", type_=DateTime(timezone=True))
+# The project row is locked FOR KEY SHARE by the very SELECT that the insert reads it from:
+# no project, no task (and no event); a concurrent delete of the project waits for this
+# transaction, so it never turns into a foreign-key error (a 500).
+_INSERT_TASK = prebuilt(
+    with_event(
+        insert(tasks).from_select(
+            ["id", "project_id", *_CREATED, "created_at", "updated_at"],
+            select(
+                bindparam("id", type_=Uuid),
+                projects.c.id,
+                *(bindparam(name, type_=tasks.c[name].type) for name in _CREATED),
+                _AT,
+                _AT,
+            )
+            .where(projects.c.id == bindparam("project_id"))
+            .with_for_update(read=True, key_share=True),
+        ),
+        "task",
+        list(tasks.c),
+    )
+)
+
+
+async def insert_task(
+    conn: Executor,
+    project_id: uuid.UUID,
+    values: Mapping[str, Any],
+    *,
+    id: uuid.UUID,
+    created_by: str,
+    at: datetime,
+    event: AuditEntry,
+) -> TaskRecord | None:
+    """Insert the task and its audit event, in one statement; None when the project does
+    not exist."""
+    params = {
+        **values,
+        **event.params(),
+        "id": id,
+        "project_id": project_id,
+        "created_by": created_by,
+        "at": at,
+    }
+    row = (await conn.execute(_INSERT_TASK, params)).one_or_none()
+    return TaskRecord.from_row(row) if row else None
 
 
 _GET_TASK = prebuilt(select(tasks).where(tasks.c.id == bindparam("task_id")))
@@ -88,4 +143,4 @@ async def list_tasks(
 
 # By id, under If-Match: exists, update (version bumped), delete (answers the task's
 # project id, None when nothing matched).
-TASKS = VersionedTable(tasks, TaskRecord.from_row, deleted="project_id")
+TASKS = VersionedTable(tasks, "task", TaskRecord.from_row, deleted="project_id")
