@@ -74,3 +74,36 @@ class TenantSelf(BaseModel):
     plan: Plan
     status: Status
     rate_limit: str
+
+
+def _node(value: str) -> str:
+    port = int(value.rsplit(":", 1)[1])
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be 1-65535")
+    return value
+
+
+Node = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252}):[0-9]{1,5}$",
+        description="A worker as Citus names it in pg_dist_node: `host:port`",
+        examples=["10.0.0.12:5432"],
+    ),
+    AfterValidator(_node),
+]
+
+
+class TenantMove(RequestModel):
+    node: Node
+
+
+class TenantPlacementOut(BaseModel):
+    slug: str
+    schema_: str = Field(alias="schema", serialization_alias="schema")
+    node: str = Field(description="The worker that holds the tenant's schema now")
+    previous_node: str = Field(
+        description="Where it was before (equal to `node` when it was there already)"
+    )
+
+    model_config = {"populate_by_name": True}

@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
-from app.core.errors import Conflict, NotFound
-from app.db import tenancy
+from app.core.errors import Conflict, NotFound, UnprocessableEntity
+from app.db import citus, tenancy
 from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord
@@ -38,6 +39,18 @@ class TenantExists(Conflict):
 
 class TenantActive(Conflict):
     code = "tenant_active"
+
+
+class NotDistributed(Conflict):
+    code = "not_distributed"
+
+
+class UnknownNode(UnprocessableEntity):
+    code = "unknown_node"
+
+
+class MoveFailed(Conflict):
+    code = "move_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,3 +306,56 @@ async def delete_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
         )
         await repo.delete_tenant(conn, slug)
     return record
+
+
+# --- placement on a Citus cluster ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPlacement:
+    slug: str
+    schema: str
+    node: str
+    previous_node: str
+
+
+async def move_tenant(
+    engine: AsyncEngine, settings: Settings, slug: str, host: str, port: int
+) -> TenantPlacement:
+    """Move a tenant's schema to another Citus worker with `citus_schema_move`.
+
+    The tenant keeps serving: reads go on throughout, and writes wait while Citus switches
+    the placement (see `citus.move_schema`). Nothing changes in the registry: the schema
+    keeps its name, and the coordinator routes every query to wherever it lives."""
+    record = await get_tenant(engine, slug)
+    target = citus.Node(host, port)
+    async with citus.admin_connection(settings) as conn:
+        if not await citus.is_distributed(conn, record.schema):
+            raise NotDistributed(
+                f"Tenant {slug!r} is not on a distributed schema: this database is not a "
+                "Citus cluster with schema-based sharding, so there is no worker to move it to."
+            )
+        workers = await citus.worker_nodes(conn)
+        if target not in workers:
+            message = f"{target} is not an active worker; the workers are: " + (
+                citus.nodes_text(workers) or "none"
+            )
+            raise UnknownNode(
+                message,
+                extra={
+                    "errors": [{"loc": ["body", "node"], "msg": message, "type": "unknown_node"}]
+                },
+            )
+        before = await citus.schema_nodes(conn, record.schema)
+        if before != [target]:
+            try:
+                await citus.move_schema(conn, record.schema, target)
+            except asyncpg.PostgresError as exc:
+                logger.warning("tenant move failed", extra={"tenant": slug}, exc_info=exc)
+                raise MoveFailed(
+                    f"Citus did not move tenant {slug!r}; it stays where it was "
+                    f"({citus.nodes_text(before)}): {exc.args[0] if exc.args else exc}"
+                ) from exc
+    return TenantPlacement(
+        slug=slug, schema=record.schema, node=str(target), previous_node=citus.nodes_text(before)
+    )

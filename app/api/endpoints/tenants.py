@@ -13,7 +13,13 @@ from app.api.errors import ADMIN_ERRORS, responses
 from app.core import metrics
 from app.db.repositories.tenants import TenantRecord
 from app.schemas.common import Page
-from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
+from app.schemas.tenants import (
+    TenantCreate,
+    TenantMove,
+    TenantOut,
+    TenantPlacementOut,
+    TenantUpdate,
+)
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.services.tenants import TenantRegistry
@@ -133,6 +139,48 @@ async def suspend_tenant(request: Request, slug: str, engine: EngineDep) -> Tena
 )
 async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "active")
+
+
+@router.post(
+    "/{slug}/move",
+    response_model=TenantPlacementOut,
+    summary="Move the tenant's schema to another Citus worker (citus_schema_move)",
+    description=(
+        "Where Tessera runs on a Citus cluster with schema-based sharding, relocates the "
+        "tenant's schema, data included, to the worker `node` (`host:port` as in "
+        "`pg_dist_node`). The tenant keeps serving during the move: reads go on throughout; "
+        "Citus copies with logical replication (the workers need `wal_level = logical`), so "
+        "writes go on too and wait only for the final catch-up and switch-over (about a "
+        "second on the test cluster), then land on the new worker; none fails. Answers when "
+        "the move is complete. On plain PostgreSQL there is nowhere to move to: 409 "
+        "`not_distributed`."
+    ),
+    responses={
+        **responses(404, 409, 422),
+        409: {
+            **responses(409)[409],
+            "description": "`not_distributed` (plain PostgreSQL, or a schema Citus does not "
+            "distribute), or `move_failed` (Citus refused or aborted the move; the tenant "
+            "stays where it was)",
+        },
+        422: {
+            **responses(422)[422],
+            "description": "`validation_error` (not `host:port`), or `unknown_node` (not an "
+            "active worker of this cluster)",
+        },
+    },
+)
+async def move_tenant(
+    request: Request, slug: str, body: TenantMove, engine: EngineDep
+) -> TenantPlacementOut:
+    host, port = body.node.rsplit(":", 1)
+    placement = await service.move_tenant(engine, request.app.state.settings, slug, host, int(port))
+    return TenantPlacementOut(
+        slug=placement.slug,
+        schema_=placement.schema,
+        node=placement.node,
+        previous_node=placement.previous_node,
+    )
 
 
 @router.delete(
