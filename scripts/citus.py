@@ -5,11 +5,10 @@
 
 Needs Citus installed into the local PostgreSQL (docs/citus.md says how). Each node is its
 own data directory under DIR, on a free loopback port, with `citus` preloaded, schema-based
-sharding on, prepared transactions allowed (Citus commits DDL with two-phase commit),
-`wal_level = logical` (moves copy with logical replication) and trust authentication on
-loopback only (the coordinator opens worker connections as the tenant roles, which have
-no password). As root, the nodes run as the `postgres` user, since PostgreSQL refuses root.
-Tests use `CitusCluster` directly (tests/citus/).
+sharding on, prepared transactions allowed (Citus commits DDL with two-phase commit) and
+trust authentication on loopback only (the coordinator opens worker connections as the
+tenant roles, which have no password). As root, the nodes run as the `postgres` user,
+since PostgreSQL refuses root. Tests use `CitusCluster` directly (tests/citus/).
 """
 
 from __future__ import annotations
@@ -33,18 +32,17 @@ NODE_SETTINGS = """
 listen_addresses = '{host}'
 port = {port}
 unix_socket_directories = '{socket_dir}'
-shared_preload_libraries = 'citus'
-citus.enable_schema_based_sharding = on
-max_prepared_transactions = 100
-wal_level = logical
-max_replication_slots = 16
-max_wal_senders = 16
+{citus}max_prepared_transactions = 100
 max_connections = 200
 shared_buffers = 64MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 log_min_messages = warning
+"""
+
+CITUS_SETTINGS = """shared_preload_libraries = 'citus'
+citus.enable_schema_based_sharding = on
 """
 
 HBA = f"""local all all trust
@@ -109,10 +107,13 @@ class Node:
 
 
 class CitusCluster:
-    """A coordinator and `workers` workers under one directory; `start()`, then `stop()`."""
+    """A coordinator and `workers` workers under one directory; `start()`, then `stop()`.
 
-    def __init__(self, base: Path | None = None, workers: int = 2) -> None:
+    `citus=False, workers=0` is the same server without Citus, for comparisons."""
+
+    def __init__(self, base: Path | None = None, workers: int = 2, *, citus: bool = True) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="tessera-citus-"))
+        self.citus = citus
         config = pg_config()
         assert config is not None, "no pg_config"
         self.bindir = Path(_pg_config_value(config, "--bindir"))
@@ -183,7 +184,14 @@ class CitusCluster:
             ]
         )
         with (node.data / "postgresql.conf").open("a") as conf:
-            conf.write(NODE_SETTINGS.format(host=HOST, port=node.port, socket_dir=self.base))
+            conf.write(
+                NODE_SETTINGS.format(
+                    host=HOST,
+                    port=node.port,
+                    socket_dir=self.base,
+                    citus=CITUS_SETTINGS if self.citus else "",
+                )
+            )
         (node.data / "pg_hba.conf").write_text(HBA)
         self._run(
             [
@@ -198,7 +206,8 @@ class CitusCluster:
                 "start",
             ]
         )
-        self.psql(node, "CREATE EXTENSION citus")
+        if self.citus:
+            self.psql(node, "CREATE EXTENSION citus")
 
     def start(self) -> CitusCluster:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -207,6 +216,8 @@ class CitusCluster:
         try:
             with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
                 list(pool.map(self._init_and_start, self.nodes))
+            if not self.citus:
+                return self
             self.psql(
                 self.coordinator,
                 f"SELECT citus_set_coordinator_host('{HOST}', {self.coordinator.port})",
@@ -261,7 +272,7 @@ def _cluster_at(base: Path) -> CitusCluster:
     assert config is not None
     cluster.bindir = Path(_pg_config_value(config, "--bindir"))
     cluster.nodes = []
-    for name in ["coordinator"] + sorted(p.name for p in base.glob("worker*")):
+    for name in ["coordinator"] + sorted(p.name for p in base.glob("worker*") if p.is_dir()):
         conf = (base / name / "postgresql.conf").read_text()
         port = int([line for line in conf.splitlines() if line.startswith("port = ")][-1][7:])
         cluster.nodes.append(Node(name, port, base / name))

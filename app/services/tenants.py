@@ -324,9 +324,10 @@ async def move_tenant(
 ) -> TenantPlacement:
     """Move a tenant's schema to another Citus worker with `citus_schema_move`.
 
-    The tenant keeps serving: reads go on throughout, and writes wait while Citus switches
-    the placement (see `citus.move_schema`). Nothing changes in the registry: the schema
-    keeps its name, and the coordinator routes every query to wherever it lives."""
+    The tenant keeps serving: reads go on throughout, and its writes wait until the copy is
+    done and then land on the new worker (see `citus.move_schema`).
+    Nothing changes in the registry: the schema keeps its name, and the coordinator routes
+    every query to wherever it lives."""
     record = await get_tenant(engine, slug)
     target = citus.Node(host, port)
     async with citus.admin_connection(settings) as conn:

@@ -60,6 +60,7 @@ def citus_settings(cluster: CitusCluster, issuer: RunningIssuer) -> Settings:
         log_level="WARNING",
         db_pool_size=5,
         auth_issuer=issuer.url,
+        rate_limit_default="100000/minute",  # the move test's callers loop as fast as they can
     )
 
 
@@ -288,71 +289,109 @@ async def test_another_tenants_ids_answer_404_and_its_schema_is_refused(
         await conn.close()
 
 
-async def test_a_live_tenant_moves_to_the_other_worker_and_keeps_serving(
+@dataclass
+class MoveUnderLoad:
+    response: httpx.Response
+    seconds: float
+    outcomes: list[tuple[str, int, float, float]]  # (read or write, status, start, end)
+    created: list[uuid.UUID]  # the ids of the projects the writes created
+
+    def slowest_ms(self, kind: str) -> float:
+        return max(end - start for k, _, start, end in self.outcomes if k == kind) * 1000
+
+    def count(self, kind: str) -> int:
+        return sum(k == kind for k, *_ in self.outcomes)
+
+    def reads_during_slowest_write(self) -> int:
+        """Reads that started and ended while the slowest write was waiting."""
+        writes = [(end - start, start, end) for k, _, start, end in self.outcomes if k == "write"]
+        _, began, ended = max(writes)
+        return sum(
+            k == "read" and began <= start and end <= ended for k, _, start, end in self.outcomes
+        )
+
+
+async def move_under_load(
+    api: httpx.AsyncClient, admin_headers: Headers, fleet: Fleet, slug: str, body: dict[str, Any]
+) -> MoveUnderLoad:
+    """Move `slug` through the admin API while its own caller writes and reads in a loop."""
+    headers = fleet.headers[slug]
+    outcomes: list[tuple[str, int, float, float]] = []
+    created: list[uuid.UUID] = []
+    moving = True
+
+    async def writer() -> None:
+        while moving:
+            started = time.perf_counter()
+            wrote = await api.post("/v1/projects", json={"name": "during"}, headers=headers)
+            outcomes.append(("write", wrote.status_code, started, time.perf_counter()))
+            if wrote.status_code == 201:
+                created.append(uuid.UUID(wrote.json()["id"]))
+
+    async def reader() -> None:  # on its own, so that a write held back does not hold it
+        while moving:
+            started = time.perf_counter()
+            read = await api.get(f"/v1/projects/{fleet.projects[slug]}", headers=headers)
+            outcomes.append(("read", read.status_code, started, time.perf_counter()))
+
+    load = [asyncio.create_task(writer()), asyncio.create_task(reader())]
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    response = await api.post(f"/admin/v1/tenants/{slug}/move", json=body, headers=admin_headers)
+    seconds = time.perf_counter() - started
+    await asyncio.sleep(0.2)
+    moving = False
+    await asyncio.gather(*load)
+    return MoveUnderLoad(response, seconds, outcomes, created)
+
+
+async def test_a_live_tenant_moves_to_the_other_worker_and_back_and_keeps_serving(
     cluster: CitusCluster, api: httpx.AsyncClient, admin_headers: Headers, fleet: Fleet
 ) -> None:
     slug = fleet.slugs[0]
     schema, headers = schema_of(slug), fleet.headers[slug]
-    source = (await schema_placements(cluster))[schema]
-    (target,) = {w.address for w in cluster.workers} - source
-    before = await api.get("/v1/projects", headers=headers)
-    assert before.status_code == 200
+    (source,) = (await schema_placements(cluster))[schema]
+    (target,) = {w.address for w in cluster.workers} - {source}
+    for body, destination, origin in [
+        ({"node": target}, target, source),
+        ({"node": source}, source, target),
+    ]:
+        moved = await move_under_load(api, admin_headers, fleet, slug, body)
+        assert moved.response.status_code == 200, moved.response.text
+        assert moved.response.json() == {
+            "slug": slug,
+            "schema": schema,
+            "node": destination,
+            "previous_node": origin,
+        }
+        assert (await schema_placements(cluster))[schema] == {destination}
+        statuses = {(kind, status) for kind, status, *_ in moved.outcomes}
+        reads_meanwhile = moved.reads_during_slowest_write()
+        print(
+            f"\nmove {body}: {moved.seconds:.2f} s; meanwhile {moved.count('write')} writes "
+            f"(slowest {moved.slowest_ms('write'):.0f} ms) and {moved.count('read')} reads "
+            f"(slowest {moved.slowest_ms('read'):.0f} ms; {reads_meanwhile} of them while the "
+            f"slowest write waited), statuses {sorted(statuses)}"
+        )
+        assert statuses == {("write", 201), ("read", 200)}
+        assert reads_meanwhile > 0  # reads go on while writes are held back
 
-    outcomes: list[tuple[str, int, float]] = []
-    moving = True
-
-    async def traffic() -> None:
-        while moving:
-            started = time.perf_counter()
-            wrote = await api.post("/v1/projects", json={"name": "during"}, headers=headers)
-            outcomes.append(("write", wrote.status_code, time.perf_counter() - started))
-            started = time.perf_counter()
-            read = await api.get(f"/v1/projects/{fleet.projects[slug]}", headers=headers)
-            outcomes.append(("read", read.status_code, time.perf_counter() - started))
-
-    load = asyncio.create_task(traffic())
-    await asyncio.sleep(0.2)
-    started = time.perf_counter()
-    moved = await api.post(
-        f"/admin/v1/tenants/{slug}/move", json={"node": target}, headers=admin_headers
-    )
-    took = time.perf_counter() - started
-    await asyncio.sleep(0.2)
-    moving = False
-    await load
-    assert moved.status_code == 200, moved.text
-    assert moved.json() == {
-        "slug": slug,
-        "schema": schema,
-        "node": target,
-        "previous_node": next(iter(source)),
-    }
-    assert (await schema_placements(cluster))[schema] == {target}
-
-    statuses = {(kind, status) for kind, status, _ in outcomes}
-    writes = [t for kind, _, t in outcomes if kind == "write"]
-    reads = [t for kind, _, t in outcomes if kind == "read"]
-    print(
-        f"\nmove took {took:.2f} s; during it {len(writes)} writes (slowest "
-        f"{max(writes) * 1000:.0f} ms) and {len(reads)} reads "
-        f"(slowest {max(reads) * 1000:.0f} ms), statuses {sorted(statuses)}"
-    )
-    assert statuses == {("write", 201), ("read", 200)}
-
-    # Every write answered 201 is there, on the new worker.
-    kept = await query(
-        cluster.coordinator,
-        f"SELECT count(*) FILTER (WHERE name = 'during') AS during, "
-        f"count(*) FILTER (WHERE name = 'renamed') AS renamed FROM {schema}.projects",
-    )
-    assert (kept[0]["during"], kept[0]["renamed"]) == (len(writes), 1)
-    written = await post_project(api, headers, name="after the move")
-    assert (await api.get(f"/v1/projects/{written['id']}", headers=headers)).status_code == 200
+        # Every write answered 201 is there, on the worker it moved to, and so is the rest.
+        kept = await query(
+            cluster.coordinator,
+            f"SELECT count(*) FILTER (WHERE id = ANY($1)) AS created, "
+            f"count(*) FILTER (WHERE name = 'renamed') AS renamed FROM {schema}.projects",
+            moved.created,
+        )
+        assert (kept[0]["created"], kept[0]["renamed"]) == (len(moved.created), 1)
+        written = await post_project(api, headers, name="after the move")
+        fetched = await api.get(f"/v1/projects/{written['id']}", headers=headers)
+        assert fetched.status_code == 200
 
     again = await api.post(
-        f"/admin/v1/tenants/{slug}/move", json={"node": target}, headers=admin_headers
+        f"/admin/v1/tenants/{slug}/move", json={"node": source}, headers=admin_headers
     )
-    assert again.status_code == 200 and again.json()["previous_node"] == target
+    assert again.status_code == 200 and again.json()["previous_node"] == source
     unknown = await api.post(
         f"/admin/v1/tenants/{slug}/move", json={"node": "127.0.0.1:1"}, headers=admin_headers
     )

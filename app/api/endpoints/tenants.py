@@ -149,11 +149,10 @@ async def resume_tenant(request: Request, slug: str, engine: EngineDep) -> Tenan
         "Where Tessera runs on a Citus cluster with schema-based sharding, relocates the "
         "tenant's schema, data included, to the worker `node` (`host:port` as in "
         "`pg_dist_node`). The tenant keeps serving during the move: reads go on throughout; "
-        "Citus copies with logical replication (the workers need `wal_level = logical`), so "
-        "writes go on too and wait only for the final catch-up and switch-over (about a "
-        "second on the test cluster), then land on the new worker; none fails. Answers when "
-        "the move is complete. On plain PostgreSQL there is nowhere to move to: 409 "
-        "`not_distributed`."
+        "its writes wait while Citus copies the schema (`block_writes`: about a second for a "
+        "small tenant, longer with more data), then land on the new worker; none fails. "
+        "Answers when the move is complete. On plain PostgreSQL there is nowhere to move to: "
+        "409 `not_distributed`."
     ),
     responses={
         **responses(404, 409, 422),
