@@ -1217,6 +1217,11 @@ def write_markdown(report: Report, output: Path) -> None:
         *report.lines[1:],
         "",
     ]
+    # scripts/bench_citus.py's section (it needs a Citus cluster) is kept as it was.
+    previous = output.read_text() if output.exists() else ""
+    if "<!-- citus:begin -->" in previous and "<!-- citus:end -->" in previous:
+        kept = previous[previous.index("<!-- citus:begin -->") :]
+        lines += [kept[: kept.index("<!-- citus:end -->") + len("<!-- citus:end -->")], ""]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines))
     if report.chart is not None:
