@@ -173,7 +173,7 @@ class Proc:
                 argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
             )
 
-    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+    def wait_http(self, url: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -186,7 +186,7 @@ class Proc:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not start; log:\n{self.log.read_text()[-3000:]}")
 
-    def wait_workers(self, workers: int, timeout: float = 30.0) -> None:
+    def wait_workers(self, workers: int, timeout: float = 90.0) -> None:
         """With uvicorn --workers N, wait until its N worker processes exist (the health check
         is answered by whichever started first; a worker still starting accepts nothing)."""
         if workers <= 1:
@@ -1097,8 +1097,9 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         proc = Proc(name, uvicorn_argv(TESSERA_APP, port, workers), env, tmp)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        # Each worker imports the app on its own: on this loaded 2-core machine, two took 24 s.
-        proc.wait_http(f"{url}/healthz", timeout=30.0 * workers)
+        # Each worker imports the app on its own: on this shared 2-core machine under load, one
+        # took over 30 s to start, two 24 s while the machine was less busy.
+        proc.wait_http(f"{url}/healthz", timeout=90.0 * workers)
         proc.wait_workers(workers)
         return proc, url
 
@@ -1110,7 +1111,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         proc = Proc(name, uvicorn_argv("scripts.bench_baseline:app", port, workers), env, tmp)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{url}/v1/projects/{first_project}", timeout=30.0 * workers)
+        proc.wait_http(f"{url}/v1/projects/{first_project}", timeout=90.0 * workers)
         proc.wait_workers(workers)
         return proc, url
 
