@@ -1,4 +1,5 @@
-"""CPU cost of one request, part by part, against issue 8's budget (writes docs/profile.md).
+"""CPU cost of one request, part by part, against issue 8's budget, and of a write
+(issue 17): where a `POST /v1/projects` spends its CPU (writes docs/profile.md).
 
     uv run python scripts/profile_request.py [--output docs/profile.md]
 
@@ -48,6 +49,7 @@ from app.services.tenants import create_tenant  # noqa: E402
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")
 N = 2000
+WRITE_N = 400  # each call of the write rows inserts a project: fewer, for the run's length
 PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
 # Issue 8's per-request CPU budget.
@@ -59,12 +61,20 @@ BUDGET = {
 }
 
 
-async def call(app: Any, path: str, token: str, method: str = "GET", body: bytes = b"") -> int:
+async def call(
+    app: Any,
+    path: str,
+    token: str,
+    method: str = "GET",
+    body: bytes = b"",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> int:
     headers = [
         (b"host", b"bench"),
         (b"authorization", b"Bearer " + token.encode()),
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *extra,
     ]
     scope = {
         "type": "http",
@@ -109,14 +119,17 @@ async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
 
 
 async def paired(
-    a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], rounds: int = 10
+    a: Callable[[], Awaitable[Any]],
+    b: Callable[[], Awaitable[Any]],
+    rounds: int = 10,
+    n: int = N // 4,
 ) -> float:
     """CPU per call of `a` minus that of `b`: the median over rounds in which each is
     measured right after the other, so that a machine whose speed drifts (this VM's does)
     weighs on both sides of each difference alike."""
     differences = []
     for _ in range(rounds):
-        differences.append(await cpu_per_call(a, N // 4) - await cpu_per_call(b, N // 4))
+        differences.append(await cpu_per_call(a, n) - await cpu_per_call(b, n))
     return statistics.median(differences)
 
 
@@ -194,13 +207,14 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     os.environ["BENCH_SCHEMA"] = tenant.schema
     from scripts.bench_baseline import app as baseline_app
 
-    async with LifespanManager(baseline_app):
-        rows.append(
-            (
-                "baseline app (scripts/bench_baseline.py): GET /v1/projects/{id}",
-                await cpu_per_call(lambda: call(baseline_app, read, "")),
-            )
+    bare = LifespanManager(baseline_app)
+    await bare.__aenter__()
+    rows.append(
+        (
+            "baseline app (scripts/bench_baseline.py): GET /v1/projects/{id}",
+            await cpu_per_call(lambda: call(baseline_app, read, "")),
         )
+    )
     rows.append(
         (
             "GET /healthz (framework and request middleware floor)",
@@ -267,9 +281,12 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
         await function_profile("cache off", lambda: call(cold_app, read, token))
     await cold.__aexit__(None, None, None)
 
-    bare_app, bare = await with_app(settings, strip_metrics=True)
+    bare_app, stripped = await with_app(settings, strip_metrics=True)
     metrics_cost = await paired(lambda: call(app, read, token), lambda: call(bare_app, read, token))
     rows.append(("metrics (HTTP instrumentation)", metrics_cost))
+    await stripped.__aexit__(None, None, None)
+
+    rows.extend(await write_rows(app, baseline_app, token, read))
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -294,6 +311,58 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
         )
     )
     await conn.close()
+    return rows
+
+
+async def write_rows(app: Any, baseline_app: Any, token: str, read: str) -> list[tuple[str, float]]:
+    """Issue 17's write column: where a `POST /v1/projects` spends its CPU, against the bare
+    insert (scripts/bench_baseline.py in-process) and a cached read; every call creates a
+    project, with a small JSON body as the benchmark sends."""
+    body = json.dumps({"name": "bench", "description": "written by the profiler"}).encode()
+    keys = (f"profile-{uuid.uuid4().hex}-{n}".encode() for n in range(10**9))
+
+    async def create() -> int:
+        return await call(app, "/v1/projects", token, "POST", body)
+
+    async def create_keyed() -> int:
+        return await call(
+            app, "/v1/projects", token, "POST", body, ((b"idempotency-key", next(keys)),)
+        )
+
+    async def bare_insert() -> int:
+        return await call(baseline_app, "/v1/projects", "", "POST", body)
+
+    for fn in (create, create_keyed, bare_insert):
+        status = await fn()
+        if status != 201:
+            raise RuntimeError(f"{fn.__name__}: {status}, not 201")
+    rows = [
+        (
+            "baseline app (scripts/bench_baseline.py): POST /v1/projects (bare INSERT ... "
+            "RETURNING)",
+            await cpu_per_call(bare_insert, WRITE_N),
+        ),
+        ("POST /v1/projects (Tessera's whole write path)", await cpu_per_call(create)),
+        (
+            "POST /v1/projects with an Idempotency-Key (a fresh one each)",
+            await cpu_per_call(create_keyed, WRITE_N),
+        ),
+        (
+            "write over the bare insert (POST /v1/projects: Tessera's vs the baseline app's)",
+            await paired(create, bare_insert, n=WRITE_N // 4),
+        ),
+        (
+            "write over a cached read (POST /v1/projects vs GET /v1/projects/{id}, cache hit: "
+            "the body, the pinned transaction, the insert and its audit event, invalidation)",
+            await paired(create, lambda: call(app, read, token), n=WRITE_N // 4),
+        ),
+        (
+            "Idempotency-Key (create with a fresh key, vs without)",
+            await paired(create_keyed, create, n=WRITE_N // 4),
+        ),
+    ]
+    if PROFILE_OUT is not None:
+        await function_profile("POST /v1/projects", create)
     return rows
 
 
@@ -324,7 +393,7 @@ def main() -> int:
     parser.add_argument(
         "--cprofile",
         action="store_true",
-        help="also print function profiles of a cache hit and a miss",
+        help="also print function profiles of a cache hit, a miss and a create",
     )
     args = parser.parse_args()
     if args.cprofile:

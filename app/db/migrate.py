@@ -25,9 +25,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateTable
 
+from app.db.citus import KEEP_SCHEMA_LOCAL_SQL
 from app.db.models.base import PLATFORM_SCHEMA, shared_metadata, tenant_metadata
 from app.db.models.shared import tenants
-from app.db.tenancy import pin_schema_as_owner, quote_ident
+from app.db.tenancy import pin_schema_as_owner, quote_ident, run_script
 
 logger = logging.getLogger("tessera.migrate")
 
@@ -99,26 +100,29 @@ async def migrate_shared(engine: AsyncEngine) -> str | None:
     script = load_script(SHARED_DIR)
     async with engine.begin() as conn:
         await lock(conn, "tessera.migrate.shared")
+        await conn.execute(text(KEEP_SCHEMA_LOCAL_SQL))  # on Citus, platform stays local
         await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(PLATFORM_SCHEMA)}"))
         await conn.run_sync(_upgrade_sync, script, PLATFORM_SCHEMA, shared_metadata)
     return script.get_current_head()
 
 
-def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> str:
-    """The SQL that takes one tenant schema from `from_rev` to head, rendered once.
+def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> tuple[str, ...]:
+    """The SQL statements that take one tenant schema from `from_rev` to head, rendered once.
 
     Tenant tables are never schema-qualified, so the same text serves every tenant: it runs
     in the tenant schema the transaction is pinned to. Rendering (Alembic's offline mode)
     happens once per starting revision, not once per tenant, and Alembic's process-global
     context is never entered concurrently. Tenant migrations must therefore be expressible
     as SQL (DDL and data statements), which is what Alembic's `--sql` mode requires anyway.
+    Alembic writes each statement to the buffer in one call, so they are kept apart: a
+    Citus coordinator needs some of them sent on their own (`tenancy.run_script`).
     """
     key = (script.dir, from_rev)
     cached = _rendered.get(key)
     if cached is not None:
         return cached
     head = script.get_current_head() or "base"
-    buffer = io.StringIO()
+    buffer = _StatementBuffer()
     config = Config(output_buffer=buffer)
     config.set_main_option("script_location", script.dir)
 
@@ -140,12 +144,31 @@ def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> str:
             transactional_ddl=False,
         )
         env.run_migrations()
-    sql = buffer.getvalue()
-    _rendered[key] = sql
-    return sql
+    statements = buffer.statements()
+    _rendered[key] = statements
+    return statements
 
 
-_rendered: dict[tuple[str, str | None], str] = {}
+_rendered: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+
+class _StatementBuffer(io.StringIO):
+    """Alembic's offline output, which writes each statement (or `-- Running ...` comment)
+    in one call: the calls are kept apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writes: list[str] = []
+
+    def write(self, s: str, /) -> int:
+        self._writes.append(s)
+        return super().write(s)
+
+    def statements(self) -> tuple[str, ...]:
+        chunks = (chunk.strip().removesuffix(";").strip() for chunk in self._writes)
+        return tuple(
+            c for c in chunks if c and not all(line.startswith("--") for line in c.splitlines())
+        )
 
 
 async def current_tenant_revision(conn: AsyncConnection) -> str | None:
@@ -165,10 +188,8 @@ async def upgrade_tenant_schema(
     current = await current_tenant_revision(conn)
     if current == script.get_current_head():
         return
-    sql = render_tenant_sql(script, current)
-    raw = await conn.get_raw_connection()
     # Several statements in one simple-protocol round trip; no parameters are involved.
-    await raw.driver_connection.execute(sql)  # type: ignore[union-attr]
+    await run_script(conn, render_tenant_sql(script, current))
 
 
 @dataclass
@@ -276,6 +297,7 @@ def run_cli_environment(context: Any, side: str) -> None:
         return
 
     def run(sync_conn: Connection) -> None:
+        sync_conn.execute(text(KEEP_SCHEMA_LOCAL_SQL))  # on Citus, the schema stays local
         sync_conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
         if side == "tenant":
             pin_schema_as_owner(sync_conn, schema)

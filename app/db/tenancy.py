@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from app.core.slugs import slug_problem
+from app.db.citus import batches_for_citus, is_citus
 from app.db.models.base import PLATFORM_SCHEMA, tenant_metadata
 
 _IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -94,23 +95,26 @@ def pin_schema_as_owner(conn: Connection, schema: str) -> None:
 # --- provisioning DDL --------------------------------------------------------------
 
 
-async def run_script(conn: AsyncConnection, statements: list[str]) -> None:
+async def run_script(conn: AsyncConnection, statements: Sequence[str]) -> None:
     """Several statements in one round trip (PostgreSQL's simple query protocol), inside the
     transaction `conn` has open: provisioning is a dozen DDL statements, and a round trip
-    each was most of its time."""
+    each was most of its time. On a Citus coordinator the statements it cannot take in a
+    script (index statements among them) go on their own, in the same transaction."""
     adapted = (await conn.get_raw_connection()).dbapi_connection
     raw = adapted.driver_connection  # type: ignore[union-attr]
     assert raw is not None and raw.is_in_transaction()  # all or nothing with the rest
-    script = ";\n".join(statements)
-    try:
-        await raw.execute(script)
-    except Exception as exc:  # as SQLAlchemy raises it (sqlstate in .orig), as callers expect
+    scripts = batches_for_citus(statements) if await is_citus(conn) else [statements]
+    for batch in scripts:
+        script = ";\n".join(batch)
         try:
-            adapted._handle_exception(exc)  # type: ignore[union-attr]  # noqa: SLF001
-        except Exception as translated:
-            dbapi_error = adapted.dbapi.Error  # type: ignore[union-attr]
-            raise sa_exc.DBAPIError.instance(script, None, translated, dbapi_error) from exc
-        raise
+            await raw.execute(script)
+        except Exception as exc:  # as SQLAlchemy raises it (sqlstate in .orig), as callers expect
+            try:
+                adapted._handle_exception(exc)  # type: ignore[union-attr]  # noqa: SLF001
+            except Exception as translated:
+                dbapi_error = adapted.dbapi.Error  # type: ignore[union-attr]
+                raise sa_exc.DBAPIError.instance(script, None, translated, dbapi_error) from exc
+            raise
 
 
 async def create_role(conn: AsyncConnection, tenant: TenantSchema) -> None:

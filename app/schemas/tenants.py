@@ -99,3 +99,30 @@ class TenantSelf(BaseModel):
     plan: Plan
     status: Status
     rate_limit: str
+
+
+# A port is 1-65535, in the pattern itself so that the document says all the rule.
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+Node = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252}):" + _PORT + "$",
+        description="A worker as Citus names it in pg_dist_node: `host:port`",
+        examples=["10.0.0.12:5432"],
+    ),
+]
+
+
+class TenantMove(RequestModel):
+    node: Node
+
+
+class TenantPlacementOut(BaseModel):
+    slug: str
+    schema_: str = Field(alias="schema", serialization_alias="schema")
+    node: str = Field(description="The worker that holds the tenant's schema now")
+    previous_node: str = Field(
+        description="Where it was before (equal to `node` when it was there already)"
+    )
+
+    model_config = {"populate_by_name": True}

@@ -275,3 +275,54 @@ async def test_tenant_token_cannot_use_the_admin_api(
     )
     assert_problem(response, 403, "insufficient_scope")
     assert_problem(await client.get("/admin/v1/tenants"), 401, "not_authenticated")
+
+
+async def test_move_on_plain_postgresql_is_409_not_distributed(
+    client: httpx.AsyncClient, admin: dict[str, str], tenant: TenantRecord
+) -> None:
+    response = await client.post(
+        f"/admin/v1/tenants/{tenant.slug}/move", json={"node": "127.0.0.1:5432"}, headers=admin
+    )
+    assert_problem(response, 409, "not_distributed")
+    # Still served from where it was.
+    again = await client.get(f"/admin/v1/tenants/{tenant.slug}", headers=admin)
+    assert again.status_code == 200
+
+
+async def test_move_of_an_unknown_tenant_is_404(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/admin/v1/tenants/no-such-tenant/move", json={"node": "127.0.0.1:5432"}, headers=admin
+    )
+    assert_problem(response, 404, "tenant_not_found")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"node": "127.0.0.1"},
+        {"node": "127.0.0.1:0"},
+        {"node": "127.0.0.1:70000"},
+        {"node": "host name:5432"},
+        {"node": ":5432"},
+        {"node": 5432},
+        {},
+        {"node": "127.0.0.1:5432", "mode": "fast"},
+    ],
+)
+async def test_move_to_a_malformed_node_is_422(
+    client: httpx.AsyncClient, admin: dict[str, str], tenant: TenantRecord, body: object
+) -> None:
+    response = await client.post(f"/admin/v1/tenants/{tenant.slug}/move", json=body, headers=admin)
+    problem = assert_problem(response, 422, "validation_error")
+    assert problem["errors"]
+
+
+async def test_move_needs_the_admin_scope(
+    client: httpx.AsyncClient, tenant: TenantRecord, headers: dict[str, str]
+) -> None:
+    response = await client.post(
+        f"/admin/v1/tenants/{tenant.slug}/move", json={"node": "127.0.0.1:5432"}, headers=headers
+    )
+    assert_problem(response, 403, "insufficient_scope")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,12 +183,17 @@ async def served(conformance_settings: Settings, make_token: MakeToken) -> Async
         server.stop()
 
 
-def load_schema(served: Served, plane: str = "") -> Any:
+def load_schema(
+    served: Served, plane: str = "", leave_out: Collection[tuple[str, str]] = ()
+) -> Any:
     """The served document as schemathesis sees it, with each plane's credentials; `plane`
-    (a path regex) keeps only the paths it matches."""
+    (a path regex) keeps only the paths it matches, less the `leave_out` operations
+    (method, path)."""
     document = httpx.get(f"{served.url}/openapi.json").json()
     document["paths"] = {
-        path: item for path, item in document["paths"].items() if re.match(plane, path)
+        path: {m: op for m, op in item.items() if (m.upper(), path) not in leave_out}
+        for path, item in document["paths"].items()
+        if re.match(plane, path)
     }
     schema = schemathesis.openapi.from_dict(
         document, config=SchemathesisConfig.from_dict(config_for(served))
@@ -246,13 +251,49 @@ def test_every_operation_answers_as_the_document_says(case: Case) -> None:
     case.validate_response(response, excluded_checks=judged_checks(case, response))
 
 
-# The tenant plane first: the admin plane's chains suspend and delete the tenants they list,
-# its tenant included.
+def admin_slugs(url: str, headers: dict[str, str]) -> list[str]:
+    """Every tenant's slug, page by page."""
+    slugs: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 100} | ({"cursor": cursor} if cursor else {})
+        page = httpx.get(f"{url}/admin/v1/tenants", params=params, headers=headers).json()
+        slugs += [item["slug"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return slugs
+
+
+# The tenant plane first: the admin plane's chains suspend the tenants they list, its tenant
+# included.
 @pytest.mark.parametrize("plane", ["^/v1/", "^/admin/"])
 def test_chains_of_calls_answer_as_the_document_says(served: Served, plane: str) -> None:
     """Create, read, change and delete the resources the answers name, in sequence."""
 
-    class Chains(load_schema(served, plane).as_state_machine()):  # type: ignore[misc]
+    # Hypothesis replays a chain's draws and requires the same answers: a chain must not
+    # change what the next one finds. So the admin chains leave out what cannot be undone
+    # (deleting a tenant; a move, which on plain PostgreSQL always answers 409
+    # not_distributed), and each chain's own tenants are deleted after it (a chain that
+    # recreated one under a slug an earlier chain had taken would get 409, not 201:
+    # FlakyStrategyDefinition). The per-operation test above covers every operation.
+    schema = load_schema(
+        served,
+        plane,
+        leave_out={
+            ("DELETE", "/admin/v1/tenants/{slug}"),
+            ("POST", "/admin/v1/tenants/{slug}/move"),
+        },
+    )
+    admin = {"Authorization": f"Bearer {served.admin_token}"}
+    before = set(admin_slugs(served.url, admin))
+
+    class Chains(schema.as_state_machine()):  # type: ignore[misc]
+        def teardown(self) -> None:
+            for slug in set(admin_slugs(served.url, admin)) - before:
+                base = f"{served.url}/admin/v1/tenants/{slug}"
+                httpx.post(f"{base}/suspend", headers=admin)
+                assert httpx.delete(base, headers=admin).status_code == 204
+
         def validate_response(
             self,
             response: Response,

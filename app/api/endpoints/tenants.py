@@ -15,7 +15,14 @@ from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.errors import ADMIN_ERRORS, responses
 from app.core.slugs import SLUG_MAX, SLUG_MIN, SLUG_PATTERN
 from app.schemas.common import Page, without_null
-from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
+from app.schemas.tenants import (
+    TenantCreate,
+    TenantMove,
+    TenantOut,
+    TenantPlacementOut,
+    TenantUpdate,
+)
+from app.services import placement
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenants import TenantRegistry
@@ -128,6 +135,44 @@ async def suspend_tenant(request: Request, slug: TenantSlug, engine: EngineDep) 
 @router.post("/{slug}/resume", summary="Resume a suspended tenant", **STATUS_CHANGE)
 async def resume_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
     return await _set_status(request, slug, engine, "active")
+
+
+@router.post(
+    "/{slug}/move",
+    response_model=TenantPlacementOut,
+    summary="Move the tenant's schema to another Citus worker (citus_schema_move)",
+    description=(
+        "Where Tessera runs on a Citus cluster with schema-based sharding, relocates the "
+        "tenant's schema, data included, to the worker `node` (`host:port` as in "
+        "`pg_dist_node`). The tenant keeps serving during the move: reads go on throughout; "
+        "its writes wait while Citus copies the schema (`block_writes`: about a second for a "
+        "small tenant, longer with more data), then land on the new worker; none fails. "
+        "Answers when the move is complete. On plain PostgreSQL there is nowhere to move to: "
+        "409 `not_distributed`."
+    ),
+    responses={
+        **responses(404, 409, 422),
+        409: {
+            **responses(409)[409],
+            "description": "`not_distributed` (plain PostgreSQL, or a schema Citus does not "
+            "distribute), or `move_failed` (Citus refused or aborted the move; the tenant "
+            "stays where it was)",
+        },
+        422: {
+            **responses(422)[422],
+            "description": "`validation_error` (not `host:port`), or `unknown_node` (not an "
+            "active worker of this cluster)",
+        },
+    },
+)
+async def move_tenant(
+    request: Request, slug: TenantSlug, body: TenantMove, engine: EngineDep
+) -> TenantPlacementOut:
+    host, port = body.node.rsplit(":", 1)
+    moved = await placement.move_tenant(engine, request.app.state.settings, slug, host, int(port))
+    return TenantPlacementOut(
+        slug=moved.slug, schema_=moved.schema, node=moved.node, previous_node=moved.previous_node
+    )
 
 
 @router.delete(
