@@ -36,6 +36,8 @@ EXCLUDED_HANDLERS = ("/metrics", "/healthz", "/readyz")
 TENANT_STATUSES = ("active", "suspended")
 CACHE_RESULTS = ("hit", "miss", "error")
 JWKS_RESULTS = ("success", "error")
+RedisComponent = Literal["cache", "rate_limiter"]
+REDIS_COMPONENTS: tuple[RedisComponent, ...] = ("cache", "rate_limiter")
 SCRAPE_QUERY_TIMEOUT_SECONDS = 2.0
 
 # Buckets fine enough for a p99 alert at 500 ms and a dashboard from 5 ms to 10 s.
@@ -96,6 +98,13 @@ JWKS_REFRESHES = Counter(
     ("result",),
     registry=REGISTRY,
 )
+REDIS_DEGRADED = Gauge(
+    "tessera_redis_degraded",
+    "1 while this Redis user cannot use Redis (a node down, a Cluster not ok, or its latest "
+    "Redis call failed), else 0; set by /readyz and at scrape time.",
+    ("component",),
+    registry=REGISTRY,
+)
 DATABASE_UP = Gauge(
     "tessera_database_up",
     "1 when the last scrape-time or readiness query reached PostgreSQL, else 0.",
@@ -125,6 +134,8 @@ for _result in JWKS_RESULTS:
     JWKS_REFRESHES.labels(_result)
 for _status in TENANT_STATUSES:
     TENANTS.labels(_status)
+for _component in REDIS_COMPONENTS:
+    REDIS_DEGRADED.labels(_component)
 
 
 class TenantLabels:
@@ -222,3 +233,8 @@ def set_tenant_counts(counts: dict[str, int]) -> None:
 
 def set_database_up(up: bool) -> None:
     DATABASE_UP.set(1 if up else 0)
+
+
+def set_redis_degraded(degraded: dict[RedisComponent, bool]) -> None:
+    for component, is_degraded in degraded.items():
+        REDIS_DEGRADED.labels(component).set(1 if is_degraded else 0)

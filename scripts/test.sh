@@ -25,7 +25,8 @@ apt_install() {
             >/dev/null 2>&1 || echo "warning: could not install ${missing[*]}; their tests will skip"
     fi
 }
-apt_install promtool:prometheus docker-compose:docker-compose pgbouncer:pgbouncer wrk:wrk
+apt_install promtool:prometheus docker-compose:docker-compose pgbouncer:pgbouncer wrk:wrk \
+    redis-server:redis-server redis-cli:redis-tools
 
 # Services: TEST_* when set, else PostgreSQL and Redis on localhost, else the embedded ones.
 if [ -z "${TEST_DATABASE_URL:-}" ]; then

@@ -41,7 +41,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 async def _migrate_async(args: argparse.Namespace) -> int:
     settings = get_settings()
-    engine = build_engine(settings)
+    # Past the pooler when DATABASE_LISTEN_URL says how: DDL and advisory locks.
+    engine = build_engine(settings.direct())
     started = time.monotonic()
     try:
         shared_head = await migrate_shared(engine)

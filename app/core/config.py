@@ -58,8 +58,17 @@ class Settings(BaseSettings):
     # Each statement of an API request (migrations and the CLI use the one above): below the
     # contract's 5 s, so a database that stops answering costs a 503, never a hang.
     db_request_timeout_seconds: float = Field(default=4.0, gt=0, le=30)
-    # 0 behind PgBouncer in transaction mode (prepared statements do not survive there).
+    # 0 behind PgBouncer in transaction mode (prepared statements do not survive there);
+    # DATABASE_POOLER=transaction implies it.
     db_statement_cache_size: int = Field(default=100, ge=0)
+    # What DATABASE_URL points at: PostgreSQL (or a session-mode pooler), or a transaction
+    # pooler (PgBouncer pool_mode=transaction), through which nothing session-level works:
+    # no prepared statements, no LISTEN.
+    database_pooler: Literal["none", "transaction"] = "none"
+    # A direct PostgreSQL URL (past the pooler) for the tenant registry's change
+    # notifications and for migrations. Unset: both use DATABASE_URL, except that behind a
+    # transaction pooler the registry does not LISTEN at all and stays on its TTL.
+    database_listen_url: str | None = None
 
     # Tenant roles are cluster-wide in PostgreSQL; a prefix keeps several Tessera databases
     # on one server (staging beside test, say) from sharing role names (see the validator).
@@ -102,14 +111,14 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
-            raise ValueError("must be a postgresql:// URL")
-        if not parts.hostname and "host=" not in parts.query:
-            raise ValueError("must name a host")
-        if not parts.path.strip("/"):
-            raise ValueError("must name a database")
-        return value
+        return _postgresql_url(value)
+
+    @field_validator("database_listen_url")
+    @classmethod
+    def _database_listen_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return _postgresql_url(value)
 
     @field_validator("redis_url")
     @classmethod
@@ -196,7 +205,45 @@ class Settings(BaseSettings):
     @property
     def dsn(self) -> str:
         """The URL in libpq form, for asyncpg and psql."""
-        return "postgresql://" + self.database_url.split("://", 1)[1]
+        return _libpq(self.database_url)
+
+    @property
+    def statement_cache_size(self) -> int:
+        """asyncpg's and SQLAlchemy's prepared-statement caches: none through a transaction
+        pooler."""
+        return 0 if self.database_pooler == "transaction" else self.db_statement_cache_size
+
+    @property
+    def listen_dsn(self) -> str | None:
+        """Where the tenant registry LISTENs (libpq form): DATABASE_LISTEN_URL, else
+        DATABASE_URL unless that is a transaction pooler (None: no LISTEN, TTL only)."""
+        if self.database_listen_url is not None:
+            return _libpq(self.database_listen_url)
+        return None if self.database_pooler == "transaction" else self.dsn
+
+    def direct(self) -> Settings:
+        """These settings with DATABASE_URL past the pooler when DATABASE_LISTEN_URL names
+        a way there: what `tessera migrate` connects with (DDL and advisory locks)."""
+        if self.database_listen_url is None:
+            return self
+        return self.model_copy(
+            update={"database_url": self.database_listen_url, "database_pooler": "none"}
+        )
+
+
+def _postgresql_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ValueError("must be a postgresql:// URL")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("must name a host")
+    if not parts.path.strip("/"):
+        raise ValueError("must name a database")
+    return value
+
+
+def _libpq(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
 
 
 # A tenant's role is DB_TENANT_ROLE_PREFIX + "tenant_" + its slug with hyphens as underscores

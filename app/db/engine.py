@@ -20,11 +20,11 @@ def build_engine(settings: Settings) -> AsyncEngine:
         "timeout": settings.db_connect_timeout_seconds,
         "command_timeout": settings.db_command_timeout_seconds,
         # asyncpg's and SQLAlchemy's prepared-statement caches follow one setting.
-        "statement_cache_size": settings.db_statement_cache_size,
-        "prepared_statement_cache_size": settings.db_statement_cache_size,
+        "statement_cache_size": settings.statement_cache_size,
+        "prepared_statement_cache_size": settings.statement_cache_size,
         "server_settings": {"application_name": "tessera"},
     }
-    if settings.db_statement_cache_size == 0:
+    if settings.statement_cache_size == 0:
         # Behind PgBouncer in transaction mode server connections are shared: statement
         # names must never collide between clients (SQLAlchemy's documented recipe).
         connect_args["prepared_statement_name_func"] = _unique_statement_name
@@ -41,12 +41,14 @@ def build_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-async def connect_outside_pool(settings: Settings, application_name: str) -> asyncpg.Connection:
-    """A dedicated asyncpg connection to the pool's database, for work that must not hold a
-    pooled connection (the tenant registry's change listener). It prepares no statements,
-    so it works through PgBouncer as well."""
+async def connect_outside_pool(
+    settings: Settings, application_name: str, *, dsn: str | None = None
+) -> asyncpg.Connection:
+    """A dedicated asyncpg connection to the pool's database (or `dsn`), for work that must
+    not hold a pooled connection (the tenant registry's change listener). It prepares no
+    statements, so it works through PgBouncer as well."""
     return await asyncpg.connect(
-        settings.dsn,
+        dsn or settings.dsn,
         timeout=settings.db_connect_timeout_seconds,
         command_timeout=settings.db_request_timeout_seconds,
         statement_cache_size=0,

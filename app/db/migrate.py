@@ -281,7 +281,7 @@ def run_cli_environment(context: Any, side: str) -> None:
     from app.core.config import get_settings
     from app.db.engine import build_engine
 
-    settings = get_settings()
+    settings = get_settings().direct()
     metadata = shared_metadata if side == "shared" else tenant_metadata
     schema = PLATFORM_SCHEMA if side == "shared" else TEMPLATE_SCHEMA
 

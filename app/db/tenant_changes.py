@@ -9,7 +9,9 @@ send time plus the window the registry allows. The ping goes out on a second con
 because behind PgBouncer in transaction mode a session's own notifications come back to
 it while other sessions' are dropped (the listener is linked to no server connection when
 they arrive); from another connection, nothing comes back there, and the registry stays
-on its TTL. See docs/decisions/0009-tenant-registry-kept-warm-by-notify.md.
+on its TTL. DATABASE_LISTEN_URL, when set, is where both connections go: PostgreSQL itself,
+past a transaction pooler (docs/decisions/0021-change-notifications-past-the-pooler.md).
+See docs/decisions/0009-tenant-registry-kept-warm-by-notify.md.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ class TenantChangeFeed:
                 self._warn(
                     "tenant registry: no ping came back within %.0f s (the tenants trigger "
                     "is missing until `tessera migrate` runs, or LISTEN cannot work on this "
-                    "connection, as through PgBouncer in transaction mode); lookups stay on "
+                    "connection, as through PgBouncer in transaction mode: set "
+                    "DATABASE_POOLER=transaction and DATABASE_LISTEN_URL); lookups stay on "
                     "the TTL, next try in %.0f s",
                     SILENCE_LIMIT_SECONDS,
                     RETRY_UNHEARD_SECONDS,
@@ -135,7 +138,9 @@ class TenantChangeFeed:
         connections: list[Any] = []
         try:
             for _ in range(2):
-                conn = await connect_outside_pool(self._settings, APPLICATION_NAME)
+                conn = await connect_outside_pool(
+                    self._settings, APPLICATION_NAME, dsn=self._settings.listen_dsn
+                )
                 connections.append(conn)
                 conn.add_termination_listener(lambda _conn: lost.set())
             self._listener, pinger = connections

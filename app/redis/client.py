@@ -1,5 +1,6 @@
 """The Redis client, built once per process from REDIS_URL: the thin pipelined client
-(app/redis/resp.py) for a plain redis:// server, redis-py for Cluster and everything else."""
+(app/redis/resp.py) for a plain redis:// server, the thin cluster client
+(app/redis/cluster.py) for a Cluster reached by one, redis-py for everything else."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.core.config import Settings
+from app.redis.cluster import RespCluster
 from app.redis.resp import RespClient
 
 logger = logging.getLogger("tessera.redis")
 
 T = TypeVar("T")
 
-RedisClient = RespClient | Redis | RedisCluster
+RedisClient = RespClient | RespCluster | Redis | RedisCluster
 
 
 def build_redis(settings: Settings) -> RedisClient:
@@ -28,6 +30,12 @@ def build_redis(settings: Settings) -> RedisClient:
     url = settings.redis_url
     if url.startswith("redis+cluster://") or settings.redis_cluster:
         url = url.replace("redis+cluster://", "redis://", 1)
+        if RespCluster.serves(url):
+            # No node is special: losing one master costs only its own slots' tenants
+            # (docs/decisions/0020-redis-cluster-without-a-default-node.md).
+            return RespCluster.from_url(url, connect_timeout=timeout, reply_timeout=timeout)
+        # rediss:// or options in the URL: redis-py, whose cluster client loses every slot
+        # while the master of slot 0 is down (decision 0020).
         return RedisCluster.from_url(url, **_redis_py_options(timeout))
     if RespClient.serves(url):
         # The hot path's one or two calls per request cost a third of redis-py's CPU here
@@ -52,7 +60,7 @@ def own_timeout(redis: Any, timeout: float) -> float | None:
     already fails every request that waits longer (the thin client, whose reply_timeout is
     no longer than `timeout`): asyncio.timeout costs about 20 µs a call here, a third of
     the call itself."""
-    if isinstance(redis, RespClient) and redis.reply_timeout <= timeout:
+    if isinstance(redis, RespClient | RespCluster) and redis.reply_timeout <= timeout:
         return None
     return timeout
 
@@ -75,22 +83,36 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def redis_serves(redis: Any) -> bool:
+    """Whether every node answers and, on a Cluster, says cluster_state:ok (a cluster that
+    refuses commands still answers PING)."""
+    if isinstance(redis, RespCluster):
+        return await redis.cluster_ok()
+    if isinstance(redis, RedisCluster):
+        info = await redis.cluster_info()
+        return bool(await redis.ping()) and info.get("cluster_state") == "ok"
+    return bool(await redis.ping())
+
+
 class RedisOutageLog:
     """Counts Redis failures of one component and logs a warning at most once per interval.
 
     During an outage every request fails the same way; one line per interval says so without
-    flooding the logs, and `failures` keeps the full count.
+    flooding the logs, and `failures` keeps the full count. `failing` is whether the
+    component's latest Redis call failed (its successes clear it: one attribute store).
     """
 
     def __init__(self, component: str, *, interval_seconds: float = 30.0) -> None:
         self.component = component
         self.interval_seconds = interval_seconds
         self.failures = 0
+        self.failing = False
         self._suppressed = 0
         self._last_logged: float | None = None
 
     def report(self, exc: BaseException) -> None:
         self.failures += 1
+        self.failing = True
         now = time.monotonic()
         if self._last_logged is not None and now - self._last_logged < self.interval_seconds:
             self._suppressed += 1

@@ -13,15 +13,21 @@ from typing import Any, cast
 
 import hiredis
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
     ExecAbortError,
+    MasterDownError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,7 +39,8 @@ RespArg = bytes | str | int | float
 pack_command: Callable[[tuple[RespArg, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 # Error replies whose first word names a redis-py exception (the subset of redis-py's own
-# table that a standalone server sends to these commands). The rest are ResponseError.
+# tables that a standalone server or a cluster node sends to these commands). The rest are
+# ResponseError.
 _ERROR_CLASSES: dict[str, type[RedisError]] = {
     "NOSCRIPT": NoScriptError,
     "LOADING": BusyLoadingError,
@@ -43,6 +50,12 @@ _ERROR_CLASSES: dict[str, type[RedisError]] = {
     "OOM": OutOfMemoryError,
     "READONLY": ReadOnlyError,
     "EXECABORT": ExecAbortError,
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "MASTERDOWN": MasterDownError,
+    "CROSSSLOT": ClusterCrossSlotError,
 }
 
 

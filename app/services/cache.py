@@ -166,6 +166,7 @@ class TenantCache:
             # Still one load per entry in this process: an outage must not also turn
             # into a stampede on PostgreSQL.
             return await self._single_flight(f"bypass|{tenant_slug}|{key}", load, None)
+        self.outages.failing = False  # Redis answered
         if raw is not None:
             self.on_result("hit")
             return CachedResponse.decode(raw)
@@ -192,6 +193,7 @@ class TenantCache:
                     await self._invalidate(
                         keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
                     )
+            self.outages.failing = False
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
             self._unflushed.add(tenant_slug)
@@ -215,6 +217,7 @@ class TenantCache:
     async def _flush(self, tenant_slug: str) -> int:
         generation = int(await self.redis.incr(generation_key(tenant_slug)))
         self._unflushed.discard(tenant_slug)
+        self.outages.failing = False
         return generation
 
     async def _looked_up(

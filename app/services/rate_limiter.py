@@ -183,6 +183,7 @@ class TenantRateLimiter:
         """The outcome of `count_request` (app/redis/scripts.py), wherever the script ran.
 
         Raises RateLimitExceeded (429) when the request was refused."""
+        self.outages.failing = False  # Redis answered
         state = _binding_state(count.windows, raw, now=time.time())
         if not state.allowed:
             self.on_rejection(count.tenant_slug)

@@ -88,6 +88,9 @@ class TenantRegistry:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self._engine = engine
         self._ttl = settings.tenant_registry_ttl_seconds
+        # Behind a transaction pooler without a direct URL there is nowhere to LISTEN: a
+        # LISTEN there lands on a shared server connection and leaks to other clients.
+        self._can_listen = settings.listen_dsn is not None
         self._timeout = settings.db_request_timeout_seconds
         self._default_rate_limit = settings.rate_limit_default
         # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
@@ -98,9 +101,18 @@ class TenantRegistry:
 
     def start(self) -> None:
         """Follow change notifications in the background (the app's lifespan). Without it
-        (the CLI, some tests) entries live `ttl` seconds."""
-        if self._ttl > 0:
-            self._feed.start()
+        (the CLI, some tests), or behind a transaction pooler without DATABASE_LISTEN_URL,
+        entries live `ttl` seconds."""
+        if self._ttl <= 0:
+            return
+        if not self._can_listen:
+            logger.info(
+                "tenant registry: DATABASE_POOLER=transaction and no DATABASE_LISTEN_URL, so "
+                "no change notifications; lookups use the TTL (%.2f s)",
+                self._ttl,
+            )
+            return
+        self._feed.start()
 
     async def aclose(self) -> None:
         await self._feed.aclose()

@@ -9,11 +9,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,7 +37,7 @@ from app.services import tenants as service
 from app.services.tenants import UNKNOWN, TenantRegistry
 from tests.conftest import SERVER_URL, MakeToken
 from tests.integration.test_tenant_registry import field_of
-from tests.servers import free_port
+from tests.servers import ROOT, app_environment, free_port, stop, wait_for
 from tests.support import eventually
 
 PGBOUNCER = shutil.which("pgbouncer") or (
@@ -41,8 +46,15 @@ PGBOUNCER = shutil.which("pgbouncer") or (
 pytestmark = pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
 
 
-@pytest.fixture(scope="module")
-def pgbouncer_port() -> Iterator[int]:
+@dataclass(frozen=True)
+class PgBouncer:
+    port: int
+    log: Path
+
+
+@contextmanager
+def running_pgbouncer() -> Iterator[PgBouncer]:
+    """A PgBouncer of its own in transaction mode, one server connection per database."""
     assert PGBOUNCER is not None
     server = urlsplit(SERVER_URL)
     port = free_port()
@@ -83,19 +95,31 @@ pidfile = {workdir / "pgbouncer.pid"}
                     f"pgbouncer exited: {process.stderr.read() if process.stderr else ''!r}"
                 )
             time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        yield PgBouncer(port, workdir / "pgbouncer.log")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def bouncer_settings(settings: Settings, pgbouncer_port: int, database_name: str) -> Settings:
+def pgbouncer() -> Iterator[PgBouncer]:
+    with running_pgbouncer() as bouncer:
+        yield bouncer
+
+
+@pytest.fixture(scope="module")
+def bouncer_settings(settings: Settings, pgbouncer: PgBouncer, database_name: str) -> Settings:
+    return through(pgbouncer, settings, database_name)
+
+
+def through(pgbouncer: PgBouncer, settings: Settings, database_name: str) -> Settings:
     server = urlsplit(SERVER_URL)
-    url = f"postgresql://{server.username or 'postgres'}@127.0.0.1:{pgbouncer_port}/{database_name}"
+    url = f"postgresql://{server.username or 'postgres'}@127.0.0.1:{pgbouncer.port}/{database_name}"
     # The one documented setting PgBouncer in transaction mode needs (README, Configuration).
     return settings.model_copy(
-        update={"database_url": url, "db_statement_cache_size": 0, "db_pool_size": 4}
+        update={"database_url": url, "database_pooler": "transaction", "db_pool_size": 4}
     )
 
 
@@ -181,8 +205,19 @@ async def test_the_tenant_registry_behind_pgbouncer_stays_on_its_ttl(
     tenant: TenantRecord,
 ) -> None:
     """LISTEN cannot work through transaction pooling: notifications reach the server
-    connection while no client is linked to it. The registry's pings come from another
-    connection, so none comes back, and it never trusts an entry past its TTL."""
+    connection while no client is linked to it. Told it is behind one
+    (DATABASE_POOLER=transaction) the registry does not LISTEN, and it never trusts an
+    entry past its TTL; not told, it LISTENs, no ping comes back, and the same holds."""
+    for told in (True, False):
+        pooler = "transaction" if told else "none"
+        config = bouncer_settings.model_copy(update={"database_pooler": pooler})
+        await suspend_reaches_a_registry_within_its_ttl(config, bouncer_engine, engine, tenant)
+
+
+async def suspend_reaches_a_registry_within_its_ttl(
+    bouncer_settings: Settings, bouncer_engine: AsyncEngine, engine: AsyncEngine, tenant: Any
+) -> None:
+    await service.update_tenant(engine, tenant.slug, status="active")
     registry = TenantRegistry(bouncer_engine, bouncer_settings)
     registry.start()
     try:
@@ -195,3 +230,141 @@ async def test_the_tenant_registry_behind_pgbouncer_stays_on_its_ttl(
         await eventually(field_of(registry, tenant.slug, "status"), "suspended", within=1.0)
     finally:
         await registry.aclose()
+
+
+# --- two API processes through PgBouncer: how fast a suspend reaches both ---------------
+
+SERVED_STARTUP_SECONDS = 60.0  # four processes importing at once on a shared CI box
+REGISTRY_APPLICATION = "tessera-registry"
+ROUNDS = 2  # suspends per setup
+Headers = dict[str, str]
+
+
+@contextmanager
+def served_through_pgbouncer(
+    bouncer_settings: Settings, *setups: dict[str, str], per_setup: int = 2
+) -> Iterator[list[list[str]]]:
+    """`per_setup` Tessera processes (uvicorn) for each setup (extra environment) on
+    `bouncer_settings`, all started at once; yields their base URLs by setup."""
+    with ExitStack() as stack:
+        servers: list[list[tuple[subprocess.Popen[bytes], str]]] = []
+        for extra in setups:
+            environment = app_environment(
+                bouncer_settings,
+                AUTH_ISSUER=bouncer_settings.auth_issuer,
+                DB_TENANT_ROLE_PREFIX=bouncer_settings.db_tenant_role_prefix,
+                DATABASE_POOLER=bouncer_settings.database_pooler,
+                DB_POOL_SIZE=str(bouncer_settings.db_pool_size),
+                **extra,
+            )
+            group = []
+            for _ in range(per_setup):
+                port = free_port()
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+                    cwd=ROOT,
+                    env=environment,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                stack.callback(stop, process)
+                group.append((process, f"http://127.0.0.1:{port}"))
+            servers.append(group)
+        for group in servers:
+            for process, base in group:
+                wait_for(base + "/healthz", timeout=SERVED_STARTUP_SECONDS, process=process)
+        yield [[base for _, base in group] for group in servers]
+
+
+async def suspend_until_refused(
+    client: httpx.AsyncClient, bases: list[str], tokens: tuple[Headers, Headers], slug: str
+) -> list[float]:
+    """Suspend the tenant through the first process; how long, from the committed answer,
+    until each process refuses the tenant's token. Every process keeps serving the tenant
+    beforehand, as a busy tenant would, so nothing waits for a cold entry."""
+    admin, auth = tokens
+
+    async def status(base: str) -> int:
+        return (await client.get(f"{base}/v1/tenant", headers=auth)).status_code
+
+    for base in bases:
+        await eventually(partial(status, base), 200, within=2.0)  # the last round's resume
+        for _ in range(5):
+            assert await status(base) == 200
+    suspended = await client.post(f"{bases[0]}/admin/v1/tenants/{slug}/suspend", headers=admin)
+    assert suspended.status_code == 200, suspended.text
+    committed = time.monotonic()
+
+    async def until_refused(base: str) -> float:
+        while True:
+            response = await client.get(f"{base}/v1/tenant", headers=auth)
+            if response.status_code == 403:
+                assert response.json()["code"] == "tenant_suspended"
+                return time.monotonic() - committed
+            assert response.status_code == 200, response.text
+            assert time.monotonic() - committed < 2.0, "suspend not in force after 2 s"
+
+    seconds = await asyncio.gather(*(until_refused(base) for base in bases))
+    resumed = await client.post(f"{bases[0]}/admin/v1/tenants/{slug}/resume", headers=admin)
+    assert resumed.status_code == 200, resumed.text
+    return list(seconds)
+
+
+async def registry_connections(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = :name AND datname = current_database()"
+            ),
+            {"name": REGISTRY_APPLICATION},
+        )
+    return int(found or 0)
+
+
+async def test_a_suspend_reaches_two_processes_behind_pgbouncer_by_notification_with_a_direct_url(
+    settings: Settings,
+    database_name: str,
+    engine: AsyncEngine,
+    tenant: TenantRecord,
+    make_token: MakeToken,
+) -> None:
+    """DATABASE_LISTEN_URL (PostgreSQL itself) gives processes behind a transaction pooler
+    their change notifications back: a suspend is in force at once. Without it they do not
+    LISTEN (nothing leaks through the pooler) and a suspend takes up to the registry's TTL."""
+    admin = {"Authorization": "Bearer " + make_token(tenant=None, scopes="platform:admin")}
+    auth = {"Authorization": "Bearer " + make_token(tenant=tenant.slug, scopes="api:read")}
+    tokens, slug = (admin, auth), tenant.slug
+    ttl = settings.tenant_registry_ttl_seconds
+    setups = ({"DATABASE_LISTEN_URL": settings.database_url}, {})
+    # A PgBouncer of its own: one whose server connections never LISTENed (a leaked LISTEN
+    # stays on its server connection for good).
+    # Registry connections of other apps (this session's own) on the database already.
+    others = await registry_connections(engine)
+    with (
+        running_pgbouncer() as pgbouncer,
+        served_through_pgbouncer(through(pgbouncer, settings, database_name), *setups) as (
+            direct,
+            pooled,
+        ),
+    ):
+        async with httpx.AsyncClient(timeout=5) as client:
+            # A listener and its pinger per process given the direct URL, on PostgreSQL
+            # itself; none from the others.
+            expected = others + 2 * len(direct)
+            await eventually(partial(registry_connections, engine), expected, within=10)
+            await asyncio.sleep(ttl + 0.2)  # pings proven: entries outlive the TTL
+            with_direct, ttl_only = [], []
+            for _ in range(ROUNDS):
+                with_direct.append(await suspend_until_refused(client, direct, tokens, slug))
+                ttl_only.append(await suspend_until_refused(client, pooled, tokens, slug))
+            assert await registry_connections(engine) == expected
+        log = pgbouncer.log.read_text()  # before its directory goes
+    print(
+        "\nsuspend in force, seconds after its commit, per round and process:"
+        f"\n  with DATABASE_LISTEN_URL: {[[round(s, 3) for s in r] for r in with_direct]}"
+        f"\n  through PgBouncer alone (TTL {ttl} s): {[[round(s, 3) for s in r] for r in ttl_only]}"
+    )
+    assert max(max(run) for run in with_direct) < 0.25
+    assert max(max(run) for run in ttl_only) < 1.0
+    assert "when not linked" not in log, log

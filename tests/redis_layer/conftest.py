@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,11 @@ from tests.redis_layer.redis_servers import (
     ISSUED_SLUGS,
     REDIS_URL,
     RedisProcess,
-    free_cluster_port,
+    TestCluster,
     free_port,
     new_slug,
     redis_settings,
+    start_cluster,
     start_redis,
     stop_redis,
 )
@@ -92,48 +91,31 @@ def redis_cluster() -> Iterator[str]:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server and redis-cli are needed on PATH")
     with tempfile.TemporaryDirectory() as directory:
-        nodes: list[RedisProcess] = []
+        nodes = start_cluster(Path(directory))
         try:
-            for index in range(3):
-                node_dir = Path(directory) / str(index)
-                node_dir.mkdir()
-                nodes.append(
-                    start_redis(
-                        node_dir,
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(node_dir / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "2000",
-                        port=free_cluster_port(),
-                    )
-                )
-            subprocess.run(
-                [
-                    "redis-cli",
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{node.port}" for node in nodes),
-                    "--cluster-replicas",
-                    "0",
-                    "--cluster-yes",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
-            deadline = time.monotonic() + 20
-            while True:
-                info = [
-                    redis.Redis(port=node.port, socket_timeout=1).cluster("info") for node in nodes
-                ]
-                if all(part.get("cluster_state") == "ok" for part in info):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster did not become ok: {info}")
-                time.sleep(0.1)
             yield f"redis+cluster://127.0.0.1:{nodes[0].port}/0"
         finally:
             for node in nodes:
                 stop_redis(node)
+
+
+@pytest.fixture
+def start_test_cluster() -> Iterator[Callable[..., TestCluster]]:
+    """`start_test_cluster(full_coverage=False, replicas=0)`: a three-master cluster of this
+    test's own, which it may take masters of down; stopped at the end of the test."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed on PATH")
+    started: list[TestCluster] = []
+    with tempfile.TemporaryDirectory() as directory:
+
+        def start(*, full_coverage: bool = False, replicas: int = 0) -> TestCluster:
+            cluster_dir = Path(directory) / str(len(started))
+            cluster_dir.mkdir()
+            started.append(TestCluster(cluster_dir, full_coverage=full_coverage, replicas=replicas))
+            return started[-1]
+
+        try:
+            yield start
+        finally:
+            for cluster in started:
+                cluster.stop()

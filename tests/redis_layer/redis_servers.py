@@ -100,6 +100,82 @@ def start_redis(directory: Path, *extra: str, port: int | None = None) -> RedisP
         time.sleep(0.05)
 
 
+def start_cluster_node(directory: Path, port: int, *, full_coverage: bool = False) -> RedisProcess:
+    """One master of a test cluster; started again on the same port and directory, it
+    rejoins with its nodes.conf (same id, same slots)."""
+    return start_redis(
+        directory,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        str(directory / "nodes.conf"),
+        "--cluster-node-timeout",
+        str(CLUSTER_NODE_TIMEOUT_MS),
+        # "no": slots of a master that is gone fail alone, the others keep serving (README).
+        "--cluster-require-full-coverage",
+        "yes" if full_coverage else "no",
+        port=port,
+    )
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000
+
+
+def start_cluster(
+    directory: Path, masters: int = 3, *, full_coverage: bool = False, replicas: int = 0
+) -> list[RedisProcess]:
+    """`masters` masters with `replicas` replicas each, in `directory`, slots spread evenly;
+    stop_redis each."""
+    nodes: list[RedisProcess] = []
+    try:
+        for index in range(masters * (1 + replicas)):
+            node_dir = directory / str(index)
+            node_dir.mkdir()
+            nodes.append(
+                start_cluster_node(node_dir, free_cluster_port(), full_coverage=full_coverage)
+            )
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        wait_for_cluster_ok(nodes)
+    except BaseException:
+        for node in nodes:
+            stop_redis(node)
+        raise
+    return nodes
+
+
+def cluster_state(node: RedisProcess) -> str | None:
+    try:
+        info = redis.Redis(port=node.port, socket_timeout=1).cluster("info")
+    except redis.RedisError:
+        return None
+    return str(info.get("cluster_state"))
+
+
+def wait_for_cluster_ok(nodes: list[RedisProcess], timeout: float = 20.0) -> None:
+    """Until every node says cluster_state:ok (and so knows every other one is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [cluster_state(node) for node in nodes]
+        if all(state == "ok" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cluster did not become ok: {states}")
+        time.sleep(0.05)
+
+
 def stop_redis(proc: RedisProcess) -> None:
     proc.thaw()  # a stopped process ignores SIGTERM until continued
     proc.process.terminate()
@@ -108,3 +184,80 @@ def stop_redis(proc: RedisProcess) -> None:
     except subprocess.TimeoutExpired:
         proc.process.kill()
         proc.process.wait(timeout=5)
+
+
+class TestCluster:
+    """A running test cluster whose masters a test may kill and start again."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(
+        self, directory: Path, masters: int = 3, *, full_coverage: bool = False, replicas: int = 0
+    ) -> None:
+        self.directory = directory
+        self.full_coverage = full_coverage
+        self.nodes = start_cluster(
+            directory, masters, full_coverage=full_coverage, replicas=replicas
+        )
+        self._owner = self.slot_owners(self.nodes[0])
+
+    def slot_owners(self, asked: RedisProcess) -> list[int]:
+        """Slot -> index of its master, as the node `asked` sees it now."""
+        client = redis.Redis(port=asked.port, socket_timeout=5)
+        try:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        finally:
+            client.close()
+        port_index = {node.port: index for index, node in enumerate(self.nodes)}
+        owners = [0] * 16384
+        for start, end, master, *_ in ranges:
+            for slot in range(int(start), int(end) + 1):
+                owners[slot] = port_index[int(master[1])]
+        return owners
+
+    @property
+    def masters(self) -> list[int]:
+        """The indexes of the nodes that held slots when the cluster was made."""
+        return sorted(set(self._owner))
+
+    @property
+    def url(self) -> str:
+        """The app's REDIS_URL: the first node only (the others are found through it)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def slot_owner(self, slot: int) -> int:
+        """The index of the master that holds `slot`."""
+        return self._owner[slot]
+
+    def master_of(self, tenant_slug: str) -> int:
+        """The index of the master that holds every key of the tenant (its hash tag's slot)."""
+        from redis.crc import key_slot
+
+        return self._owner[key_slot(f"{{{tenant_slug}}}".encode())]
+
+    def kill(self, index: int) -> None:
+        """SIGKILL, as a crashed pod: connections drop, the port refuses."""
+        process = self.nodes[index].process
+        process.kill()
+        process.wait(timeout=5)
+
+    def restart(self, index: int) -> None:
+        """Start the master again with its nodes.conf; returns once every node says ok."""
+        self.nodes[index] = start_cluster_node(self.directory / str(index), self.nodes[index].port)
+        wait_for_cluster_ok(self.nodes)
+
+    def wait_for_state(self, state: str, timeout: float = 10.0) -> None:
+        """Until every running node says cluster_state:`state`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [node for node in self.nodes if node.process.poll() is None]
+            states = [cluster_state(node) for node in running]
+            if all(found == state for found in states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not become {state}: {states}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            stop_redis(node)

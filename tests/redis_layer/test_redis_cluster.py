@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,3 +115,30 @@ def test_a_tenant_keys_share_one_slot() -> None:
         *(window_key(slug, w) for w in parse_windows("10/second;600/minute")),
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_a_stale_slot_map_follows_moved_and_is_asked_for_again(redis_cluster: str) -> None:
+    """After a failover or a resharding a slot's master changes: the node asked answers
+    MOVED, the command goes where it says, and the map is refreshed for the next one."""
+    from redis.crc import key_slot
+
+    from app.redis.cluster import RespCluster
+
+    cluster = build_redis(redis_settings(redis_cluster, timeout=2.0))
+    assert isinstance(cluster, RespCluster)
+    try:
+        key = f"tessera:{{{new_slug()}}}:moved"
+        assert await cluster.incr(key) == 1
+        slot = key_slot(key.encode())
+        owner = cluster._slots[slot]
+        wrong = next(node for node in cluster._nodes.values() if node is not owner)
+        cluster._slots[slot] = wrong  # as if the slot had moved to `owner` since the map
+        assert await cluster.incr(key) == 2
+        for _ in range(100):
+            if cluster._slots[slot] is owner:
+                break
+            await asyncio.sleep(0.01)
+        assert cluster._slots[slot] is owner
+        assert await cluster.incr(key) == 3
+    finally:
+        await cluster.aclose()

@@ -64,6 +64,8 @@ def test_production_refuses_the_dev_issuer() -> None:
     [
         ("AUTH_LEEWAY_SECONDS", "abc"),
         ("DATABASE_URL", "nonsense"),
+        ("DATABASE_LISTEN_URL", "mysql://db/x"),
+        ("DATABASE_POOLER", "statement"),
         ("REDIS_URL", "http://x"),
         ("RATE_LIMIT_DEFAULT", "lots"),
         ("AUTH_ALGORITHMS", "none"),
@@ -88,6 +90,25 @@ def test_uvicorn_entrypoint_exits_on_bad_config() -> None:
     assert result.stderr.strip().splitlines() == [
         line for line in result.stderr.strip().splitlines() if "AUTH_LEEWAY_SECONDS" in line
     ]
+
+
+def test_the_registry_listens_on_the_direct_url_or_not_at_all_behind_a_transaction_pooler() -> None:
+    pooler = "postgresql://app:pw@pgbouncer:6432/tessera"
+    direct = "postgresql+asyncpg://app:pw@db:5432/tessera"
+    plain = Settings(database_url=pooler)
+    assert plain.listen_dsn == pooler and plain.statement_cache_size == 100
+    behind = Settings(database_url=pooler, database_pooler="transaction")
+    assert behind.listen_dsn is None  # no LISTEN through the pooler: TTL only
+    assert behind.statement_cache_size == 0
+    assert behind.direct() is behind
+    with_direct = Settings(
+        database_url=pooler, database_pooler="transaction", database_listen_url=direct
+    )
+    assert with_direct.listen_dsn == "postgresql://app:pw@db:5432/tessera"
+    migrations = with_direct.direct()  # what `tessera migrate` connects with
+    assert migrations.dsn == "postgresql://app:pw@db:5432/tessera"
+    assert migrations.statement_cache_size == 100
+    assert Settings(database_listen_url="").database_listen_url is None
 
 
 READ_SETTINGS = "from app.core.config import get_settings; get_settings()"

@@ -17,6 +17,7 @@ from app.api import instrumentation
 from app.api.dependencies.auth import bearer_token
 from app.api.problems import problem_response
 from app.core.config import Settings
+from app.services.redis_health import redis_degraded
 
 logger = logging.getLogger("tessera.health")
 
@@ -48,14 +49,22 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Readiness: PostgreSQL reachable (Redis is optional)",
+    description=(
+        "`redis` is `degraded` while the cache or the rate limiter cannot use Redis: a node "
+        "does not answer, a Cluster is not `cluster_state:ok`, or the latest Redis call of "
+        "either failed. `tessera_redis_degraded{component}` says which."
+    ),
     responses={503: {"model": Readiness, "description": "PostgreSQL is unreachable"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    database_ok, redis_ok = await asyncio.gather(_check_database(request), _check_redis(request))
+    database_ok, redis_degraded = await asyncio.gather(
+        _check_database(request), _check_redis(request)
+    )
     body = Readiness(
         status="ok" if database_ok else "error",
         checks=ReadinessChecks(
-            database="ok" if database_ok else "error", redis="ok" if redis_ok else "degraded"
+            database="ok" if database_ok else "error",
+            redis="degraded" if any(redis_degraded.values()) else "ok",
         ),
     )
     metrics.set_database_up(database_ok)
@@ -113,6 +122,7 @@ def metrics_router(settings: Settings) -> APIRouter:
                     "The metrics token is not valid.",
                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
+        await _check_redis(request)  # tessera_redis_degraded as of this scrape
         body = await instrumentation.render(request.app.state.engine)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
@@ -130,11 +140,8 @@ async def _check_database(request: Request) -> bool:
         return False
 
 
-async def _check_redis(request: Request) -> bool:
-    try:
-        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            await request.app.state.redis.ping()
-        return True
-    except Exception as exc:
-        logger.warning("readiness: redis check failed: %s", type(exc).__name__)
-        return False
+async def _check_redis(request: Request) -> dict[metrics.RedisComponent, bool]:
+    state = request.app.state
+    return await redis_degraded(
+        state.redis, state.cache, state.rate_limiter, timeout=READINESS_TIMEOUT_SECONDS
+    )
