@@ -122,6 +122,11 @@ def forkserver(settings: Settings, tmp_path: Path) -> Iterator[ForkServer]:
         AUTH_ISSUER=settings.auth_issuer,
         DB_TENANT_ROLE_PREFIX=settings.db_tenant_role_prefix,
         RATE_LIMIT_DEFAULT="1000000/minute",
+        # Three servers at once, twenty requests each, on a machine that may be busy: a
+        # request queued for a pooled connection waits for one rather than answer 503 after
+        # the default 3 s (what is tested is that every request is answered, and with 201).
+        DB_POOL_TIMEOUT_SECONDS="10",
+        DB_REQUEST_TIMEOUT_SECONDS="10",
     )
     running = ForkServer(env, tmp_path / "forkserver.log")
     yield running
