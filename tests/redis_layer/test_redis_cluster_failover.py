@@ -107,6 +107,20 @@ async def tenants_on_every_master(
     ]
 
 
+async def callers_of(
+    client: httpx.AsyncClient,
+    tenants: list[TenantRecord],
+    auth: Callable[[TenantRecord], Headers],
+) -> list[Caller]:
+    """Each tenant with a project of its own, to read back through the cache."""
+    callers = []
+    for tenant in tenants:
+        headers = auth(tenant)
+        project = await post_project(client, headers, name="v0")
+        callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+    return callers
+
+
 async def redis_readiness(client: httpx.AsyncClient) -> tuple[str, dict[str, float]]:
     """/readyz's word on Redis, and tessera_redis_degraded by component."""
     ready = await client.get("/readyz")
@@ -134,11 +148,7 @@ async def test_losing_one_master_costs_only_its_own_tenants_cache_and_limits(
     on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
     tenants = await tenants_on_every_master(engine, settings, test_cluster)
     async with running_app(on_cluster) as (_, client):
-        callers = []
-        for tenant in tenants:
-            headers = auth(tenant)
-            project = await post_project(client, headers, name="v0")
-            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        callers = await callers_of(client, tenants, auth)
         await seconds_until_served_by_redis(client, callers)  # warm: every entry cached
         assert await redis_readiness(client) == OK
 
@@ -199,11 +209,7 @@ async def test_a_cluster_that_refuses_commands_is_degraded_and_served_from_postg
     on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
     tenants = await tenants_on_every_master(engine, settings, test_cluster)
     async with running_app(on_cluster) as (_, client):
-        callers = []
-        for tenant in tenants:
-            headers = auth(tenant)
-            project = await post_project(client, headers, name="v0")
-            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        callers = await callers_of(client, tenants, auth)
         await seconds_until_served_by_redis(client, callers)
         assert await redis_readiness(client) == OK
 
@@ -244,11 +250,7 @@ async def test_a_replica_promoted_in_place_of_a_lost_master_takes_its_tenants_ba
     on_cluster = settings.model_copy(update={"redis_url": test_cluster.url})
     tenants = await tenants_on_every_master(engine, settings, test_cluster)
     async with running_app(on_cluster) as (_, client):
-        callers = []
-        for tenant in tenants:
-            headers = auth(tenant)
-            project = await post_project(client, headers, name="v0")
-            callers.append(Caller(tenant, headers, f"/v1/projects/{project['id']}", "v0"))
+        callers = await callers_of(client, tenants, auth)
         await seconds_until_served_by_redis(client, callers)
 
         lost = callers[0]
