@@ -255,6 +255,9 @@ def served_through_pgbouncer(
                 DB_TENANT_ROLE_PREFIX=bouncer_settings.db_tenant_role_prefix,
                 DATABASE_POOLER=bouncer_settings.database_pooler,
                 DB_POOL_SIZE=str(bouncer_settings.db_pool_size),
+                # The suspend rounds poll as fast as the processes answer: a busy machine's
+                # rounds would otherwise reach the default 600/minute and get a 429.
+                RATE_LIMIT_DEFAULT="1000000/minute",
                 **extra,
             )
             group = []
