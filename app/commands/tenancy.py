@@ -135,6 +135,7 @@ def _create_tenant(args: argparse.Namespace) -> int:
 async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.config import validate_rate_limit
     from app.core.slugs import slug_problem
+    from app.services.admin_audit import cli_actor
     from app.services.tenants import TenantExists, create_tenant
 
     problem = slug_problem(args.slug)
@@ -157,6 +158,7 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
             name=args.name or args.slug,
             plan=args.plan,
             rate_limit=args.rate_limit,
+            actor=cli_actor(),
         )
     except TenantExists:
         if args.if_missing:

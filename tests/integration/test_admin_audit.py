@@ -212,6 +212,28 @@ async def test_only_admins_read_the_audit_log(
     assert_problem(response, 403, "insufficient_scope")
 
 
+async def test_the_create_command_records_its_operating_system_user(
+    database_url: str,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    admin: Headers,
+    unique_slug: Callable[[str], str],
+) -> None:
+    slug = unique_slug("cli")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "tenants", "create", slug],
+        env=cli_env(database_url, settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (created,) = await events_of(client, admin, slug)
+    assert (created["action"], created["actor"]) == ("tenant.created", f"cli:{getpass.getuser()}")
+    assert created["request_id"] is None
+
+
 async def test_the_purge_command_records_its_operating_system_user(
     database_url: str,
     settings: Settings,
