@@ -33,7 +33,7 @@ for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER_TENANT = "_other"
 EXCLUDED_HANDLERS = ("/metrics", "/healthz", "/readyz")
-TENANT_STATUSES = ("active", "suspended")
+TENANT_STATUSES = ("active", "suspended", "deleted")
 CACHE_RESULTS = ("hit", "miss", "error")
 JWKS_RESULTS = ("success", "error")
 RedisComponent = Literal["cache", "rate_limiter"]

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from app.core.config import Settings  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
-from app.services.tenants import create_tenant, delete_tenant, update_tenant  # noqa: E402
+from app.services.tenant_lifecycle import delete_tenant  # noqa: E402
+from app.services.tenants import create_tenant, update_tenant  # noqa: E402
 from scripts.citus import CitusCluster, citus_missing  # noqa: E402
 
 BEGIN, END = "<!-- citus:begin -->", "<!-- citus:end -->"
@@ -80,7 +81,7 @@ async def measure(plain_url: str | None, tenants: int) -> dict[str, dict[str, li
                     timings[name]["create"].append((time.perf_counter() - started) * 1000)
                 await update_tenant(engine, slug, status="suspended")
                 started = time.perf_counter()
-                await delete_tenant(engine, slug)
+                await delete_tenant(engine, slug, grace_seconds=0)
                 if n >= 0:
                     timings[name]["delete"].append((time.perf_counter() - started) * 1000)
     finally:

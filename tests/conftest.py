@@ -214,6 +214,9 @@ def settings(database_url: str, issuer: RunningIssuer) -> Settings:
         db_pool_size=5,
         db_tenant_role_prefix=ROLE_PREFIX,
         auth_issuer=issuer.url,
+        # DELETE purges at once here, so tests that delete leave nothing behind; the grace
+        # period has its own tests (tests/integration/test_tenant_lifecycle.py).
+        tenant_purge_grace_seconds=0,
     )
 
 

@@ -4,10 +4,10 @@ the tenant's rate limit lets the request through.
 `admit` is called by the tenant routes' dependency (`get_admission`) and by the cached
 reads answered before routing (app/api/cached_reads.py), so the two cannot disagree. In
 order: the token (401), the tenant claim and the tenant (403 tenant_not_found /
-tenant_suspended), the scope the method needs (403 insufficient_scope), the rate limit
-(429, or 503 when Redis is down and the limiter fails closed). A cached read passes the
-entry it will read, so counting the request and looking the entry up share one Redis round
-trip.
+tenant_suspended / tenant_deleted), the scope the method needs (403 insufficient_scope),
+the rate limit (429, or 503 when Redis is down and the limiter fails closed). A cached read
+passes the entry it will read, so counting the request and looking the entry up share one
+Redis round trip.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ READ_METHODS = ("GET", "HEAD")
 
 class TenantSuspended(Forbidden):
     code = "tenant_suspended"
+
+
+class TenantDeletedForToken(Forbidden):
+    """403 `tenant_deleted`: the tenant is deleted, within its grace period (decision 0023)."""
+
+    code = "tenant_deleted"
 
 
 class RateLimitedTenant(Protocol):
@@ -102,6 +108,8 @@ async def _tenant_of(registry: TenantRegistry, principal: Principal) -> Tenant:
     if tenant is None:
         raise TenantNotFoundForToken("The token's tenant does not exist.")
     tenant_var.set(tenant.slug)
+    if tenant.status == "deleted":
+        raise TenantDeletedForToken("This tenant is deleted.")
     if tenant.status != "active":
         raise TenantSuspended("This tenant is suspended.")
     return tenant

@@ -11,7 +11,7 @@ _DESCRIPTIONS = {
     400: "Bad request (malformed JSON or header)",
     401: "No token, or an invalid one (`not_authenticated`, `invalid_token`)",
     403: "Token valid but not allowed (`insufficient_scope`, `tenant_not_found`, "
-    "`tenant_suspended`)",
+    "`tenant_suspended`, `tenant_deleted`)",
     404: "Not found",
     409: "Conflict",
     412: "If-Match does not match the current ETag (`precondition_failed`)",

@@ -33,6 +33,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--rate-limit")
     create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
     create.set_defaults(func=_create_tenant)
+    purge = tsub.add_parser(
+        "purge",
+        help="drop deleted tenants past their grace period (safe on several hosts at once)",
+    )
+    purge.add_argument(
+        "--now",
+        metavar="SLUG",
+        help="purge this deleted tenant at once, before its grace period ends",
+    )
+    purge.set_defaults(func=_purge_tenants)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -125,6 +135,7 @@ def _create_tenant(args: argparse.Namespace) -> int:
 async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.config import validate_rate_limit
     from app.core.slugs import slug_problem
+    from app.services.admin_audit import cli_actor
     from app.services.tenants import TenantExists, create_tenant
 
     problem = slug_problem(args.slug)
@@ -147,6 +158,7 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
             name=args.name or args.slug,
             plan=args.plan,
             rate_limit=args.rate_limit,
+            actor=cli_actor(),
         )
     except TenantExists:
         if args.if_missing:
@@ -159,3 +171,40 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
     await drop_cached_reads(settings, [record.slug])  # as the admin API does
     print(f"tenant {record.slug} created: schema {record.schema} at {record.schema_version}")
     return 0
+
+
+def _purge_tenants(args: argparse.Namespace) -> int:
+    return asyncio.run(_purge_tenants_async(args))
+
+
+async def _purge_tenants_async(args: argparse.Namespace) -> int:
+    """Exit 0: done; 1: some tenant failed to purge (left deleted, for the next run); 2: the
+    slug given to --now names no deleted tenant."""
+    from app.core.errors import TesseraError
+    from app.services import tenant_lifecycle
+    from app.services.admin_audit import cli_actor
+
+    settings = get_settings()
+    # Past the pooler when DATABASE_LISTEN_URL says how: DDL, as `tessera migrate`.
+    engine = build_engine(settings.direct())
+    actor = cli_actor()
+    try:
+        if args.now is not None:
+            try:
+                record = await tenant_lifecycle.purge_tenant_now(engine, args.now, actor=actor)
+            except TesseraError as exc:
+                print(f"error: {exc.detail}", file=sys.stderr)
+                return 2
+            report = tenant_lifecycle.PurgeReport(purged=[record])
+        else:
+            report = await tenant_lifecycle.purge_due(engine, actor=actor)
+    finally:
+        await engine.dispose()
+    # After the commit, best effort: what the tenants had cached can no longer be reached.
+    await drop_cached_reads(settings, [record.slug for record in report.purged])
+    for record in report.purged:
+        print(f"tenant {record.slug} purged: schema {record.schema} and role dropped")
+    for slug, error in sorted(report.failed.items()):
+        print(f"FAILED {slug}: {error}", file=sys.stderr)
+    print(f"purged {len(report.purged)}, failed {len(report.failed)}")
+    return 1 if report.failed else 0

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # on every replica within the contract's 1 second: how long an entry lives, or, while
     # change notifications are proven to arrive, how far behind them it may be.
     tenant_registry_ttl_seconds: float = Field(default=0.8, ge=0, le=0.9)
+    # How long a deleted tenant stays restorable before `tessera tenants purge` may drop it;
+    # 0 purges it at once, within the DELETE (decision 0023).
+    tenant_purge_grace_seconds: int = Field(default=7 * 24 * 3600, ge=0)
 
     metrics_token: str | None = None
     # Production refuses /metrics without a token unless this says it is meant (a port only

@@ -13,7 +13,7 @@ from app.core.slugs import RESERVED_SLUGS, SLUG_MAX, SLUG_MIN, SLUG_PATTERN, slu
 from app.schemas.common import Omittable, PatchModel, RequestModel, SafeStr
 
 Plan = Literal["free", "pro", "enterprise"]
-Status = Literal["active", "suspended"]
+Status = Literal["active", "suspended", "deleted"]
 
 
 def _slug(value: str) -> str:
@@ -89,6 +89,9 @@ class TenantOut(BaseModel):
     schema_version: str | None
     created_at: datetime
     updated_at: datetime
+    purge_after: datetime | None = Field(
+        description="While deleted: when `tessera tenants purge` may drop it; else null"
+    )
 
     model_config = {"populate_by_name": True}
 

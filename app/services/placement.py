@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.core.errors import Conflict, UnprocessableEntity
 from app.db import citus
+from app.services import admin_audit
+from app.services.admin_audit import SYSTEM_ACTOR
 from app.services.tenants import get_tenant
 
 logger = logging.getLogger("tessera.tenants")
@@ -37,14 +39,21 @@ class TenantPlacement:
 
 
 async def move_tenant(
-    engine: AsyncEngine, settings: Settings, slug: str, host: str, port: int
+    engine: AsyncEngine,
+    settings: Settings,
+    slug: str,
+    host: str,
+    port: int,
+    *,
+    actor: str = SYSTEM_ACTOR,
 ) -> TenantPlacement:
     """Move a tenant's schema to another Citus worker with `citus_schema_move`.
 
     The tenant keeps serving: reads go on throughout, and its writes wait until the copy is
     done and then land on the new worker (see `citus.move_schema`).
     Nothing changes in the registry: the schema keeps its name, and the coordinator routes
-    every query to wherever it lives."""
+    every query to wherever it lives. The admin event is recorded once the move is done
+    (`citus_schema_move` commits by itself, so it cannot share the event's transaction)."""
     record = await get_tenant(engine, slug)
     target = citus.Node(host, port)
     async with citus.admin_connection(settings) as conn:
@@ -74,6 +83,15 @@ async def move_tenant(
                     f"Citus did not move tenant {slug!r}; it stays where it was "
                     f"({citus.nodes_text(before)}): {exc.args[0] if exc.args else exc}"
                 ) from exc
+    moved = {"node": {"from": citus.nodes_text(before), "to": str(target)}}
+    async with engine.begin() as audit_conn:
+        await admin_audit.record(
+            audit_conn,
+            actor=actor,
+            action="tenant.moved",
+            tenant=record,
+            changes=moved if before != [target] else {},
+        )
     return TenantPlacement(
         slug=slug, schema=record.schema, node=str(target), previous_node=citus.nodes_text(before)
     )

@@ -1,4 +1,5 @@
-"""Tenant lifecycle: provisioning, lookup (the registry cache), changes and deletion."""
+"""Tenants: provisioning, lookup (the registry cache) and changes; deletion, restore and purge
+are in app/services/tenant_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
 from app.db.tenancy import TenantSchema
 from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
+from app.services import admin_audit
+from app.services.admin_audit import SYSTEM_ACTOR
 from app.services.pagination import created, cut_page, decode_cursor
 
 logger = logging.getLogger("tessera.tenants")
@@ -38,6 +41,12 @@ class TenantExists(Conflict):
 
 class TenantActive(Conflict):
     code = "tenant_active"
+
+
+class TenantDeleted(Conflict):
+    """409: a change that only a live tenant takes, asked of a deleted one (restore it)."""
+
+    code = "tenant_deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +228,7 @@ async def create_tenant(
     plan: str,
     rate_limit: str | None,
     from_migrations: bool = False,
+    actor: str = SYSTEM_ACTOR,
 ) -> TenantRecord:
     """Provision a tenant completely, or leave nothing behind (role, schema, registry row)."""
     location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
@@ -245,6 +255,13 @@ async def create_tenant(
             record = await repo.update_tenant_any_status(
                 conn, slug, status="active", schema_version=head
             )
+            await admin_audit.record(
+                conn,
+                actor=actor,
+                action="tenant.created",
+                tenant=record,
+                changes={"name": name, "plan": plan, "rate_limit": rate_limit},
+            )
     except IntegrityError as exc:
         if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
             raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
@@ -261,9 +278,8 @@ async def create_tenant(
     return record
 
 
-async def _get_or_404(
-    conn: AsyncConnection, slug: str, *, for_update: bool = False
-) -> TenantRecord:
+async def get_or_404(conn: AsyncConnection, slug: str, *, for_update: bool = False) -> TenantRecord:
+    """The tenant (locked for the transaction with `for_update`), or 404 `tenant_not_found`."""
     record = await repo.get_by_slug(conn, slug, for_update=for_update)
     if record is None or record.status == "provisioning":
         raise TenantNotFound(f"No tenant with slug {slug!r}.")
@@ -272,7 +288,7 @@ async def _get_or_404(
 
 async def get_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
     async with engine.connect() as conn:
-        return await _get_or_404(conn, slug)
+        return await get_or_404(conn, slug)
 
 
 async def list_tenants(
@@ -284,26 +300,34 @@ async def list_tenants(
     return cut_page(records, limit, created)
 
 
-async def update_tenant(engine: AsyncEngine, slug: str, **changes: object) -> TenantRecord:
-    async with engine.begin() as conn:
-        if not changes:
-            return await _get_or_404(conn, slug)
-        record = await repo.update_tenant(conn, slug, **changes)
-    if record is None:
-        raise TenantNotFound(f"No tenant with slug {slug!r}.")
-    return record
+# The action a status change records (any other change is `tenant.updated`).
+STATUS_ACTIONS = {"suspended": "tenant.suspended", "active": "tenant.resumed"}
 
 
-async def delete_tenant(engine: AsyncEngine, slug: str) -> TenantRecord:
-    """Drop a suspended tenant's schema, data and role, and its registry row, atomically."""
+async def update_tenant(
+    engine: AsyncEngine, slug: str, *, actor: str = SYSTEM_ACTOR, **changes: object
+) -> TenantRecord:
+    """Change a live tenant (name, plan, rate limit, or status active/suspended), recording
+    the admin action with what changed; a deleted tenant answers 409 `tenant_deleted`."""
+    status = changes.get("status")
+    if status is not None and status not in STATUS_ACTIONS:
+        raise ValueError(f"update_tenant cannot set status {status!r}")
     async with engine.begin() as conn:
-        record = await _get_or_404(conn, slug, for_update=True)
-        if record.status != "suspended":
-            raise TenantActive(f"Tenant {slug!r} is active; suspend it before deleting it.")
-        await tenancy.drop_tenant_objects(
-            conn, TenantSchema(schema=record.schema, role=record.db_role)
-        )
-        await repo.delete_tenant(conn, slug)
+        before = await get_or_404(conn, slug, for_update=True)
+        if before.status == "deleted":
+            raise TenantDeleted(f"Tenant {slug!r} is deleted; restore it before changing it.")
+        record = before
+        if changes:
+            updated = await repo.update_tenant(conn, slug, **changes)
+            assert updated is not None  # the row is locked, and live
+            record = updated
+        diff = {
+            field: {"from": getattr(before, field), "to": value}
+            for field, value in changes.items()
+            if getattr(before, field) != value
+        }
+        action = STATUS_ACTIONS[str(status)] if status is not None else "tenant.updated"
+        await admin_audit.record(conn, actor=actor, action=action, tenant=record, changes=diff)
     return record
 
 

@@ -45,7 +45,9 @@ async def test_create_returns_201_with_location_and_a_migrated_schema(
         "schema_version",
         "created_at",
         "updated_at",
+        "purge_after",
     }
+    assert body["purge_after"] is None
     assert (body["slug"], body["plan"], body["status"]) == (slug, "enterprise", "active")
     assert body["rate_limit"] == "10/second"
     assert body["schema"] == "tenant_" + slug.replace("-", "_")

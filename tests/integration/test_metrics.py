@@ -297,7 +297,7 @@ async def test_tenants_gauge_reads_the_registry_at_scrape_time(
             " (slug text PRIMARY KEY, status text, schema_version text);"
             "INSERT INTO platform.tenants VALUES"
             " ('a1', 'active', 'head1'), ('a2', 'active', 'old0'), ('a3', 'active', 'head1'),"
-            " ('s1', 'suspended', NULL)"
+            " ('s1', 'suspended', NULL), ('d1', 'deleted', NULL)"
         )
         monkeypatch.setattr(instrumentation, "tenant_migrations_head", lambda: "head1")
         async with serve(settings.model_copy(update={"database_url": registry_database})) as client:
@@ -308,7 +308,8 @@ async def test_tenants_gauge_reads_the_registry_at_scrape_time(
         await conn.close()
     assert value(first, "tessera_tenants", status="active") == 3
     assert value(first, "tessera_tenants", status="suspended") == 1
-    assert value(first, "tessera_tenants_behind_head") == 2
+    assert value(first, "tessera_tenants", status="deleted") == 1
+    assert value(first, "tessera_tenants_behind_head") == 3  # d1 is behind too
     assert value(first, "tessera_database_up") == 1
     assert value(second, "tessera_tenants", status="active") == 2
     assert value(second, "tessera_tenants", status="suspended") == 2

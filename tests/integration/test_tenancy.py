@@ -18,6 +18,7 @@ from app.db.migrate import TENANT_DIR, load_script
 from app.db.models.tenant import projects
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema, pin_tenant
+from app.services import tenant_lifecycle
 from app.services import tenants as service
 from app.services.tenants import TenantExists
 
@@ -262,7 +263,7 @@ async def test_delete_drops_schema_role_and_row(
     settings: Settings, tenant: TenantRecord, engine: AsyncEngine
 ) -> None:
     await service.update_tenant(engine, tenant.slug, status="suspended")
-    await service.delete_tenant(engine, tenant.slug)
+    await tenant_lifecycle.delete_tenant(engine, tenant.slug, grace_seconds=0)
     assert await _objects_exist(engine, tenant.schema, tenant.db_role, tenant.slug) == []
 
 

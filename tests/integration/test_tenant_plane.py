@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories.tenants import TenantRecord
+from app.services import tenant_lifecycle
 from app.services import tenants as service
 from tests.conftest import MakeToken
 from tests.integration.test_platform import assert_problem
@@ -147,6 +148,6 @@ async def test_tenant_deleted_through_another_replica_is_tenant_not_found_not_50
     assert (await client.get("/v1/tenant", headers=headers)).status_code == 200  # cached here
     # Another replica suspends and deletes it; this one still holds the tenant as active.
     await service.update_tenant(engine, tenant.slug, status="suspended")
-    await service.delete_tenant(engine, tenant.slug)
+    await tenant_lifecycle.delete_tenant(engine, tenant.slug, grace_seconds=0)
     response = await client.post("/v1/projects", json={"name": "late"}, headers=headers)
     assert_problem(response, 403, "tenant_not_found")

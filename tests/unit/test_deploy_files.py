@@ -12,6 +12,7 @@ import pytest
 import yaml
 from fastapi.routing import iter_route_contexts
 
+from app.cli import build_parser
 from app.core.config import Settings
 from app.main import create_app
 
@@ -31,6 +32,12 @@ def _compose() -> dict[str, Any]:
 def _k8s(name: str) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((K8S / name).read_text())
     return data
+
+
+def _purge_job() -> dict[str, Any]:
+    """The Job the purge CronJob starts."""
+    spec: dict[str, Any] = _k8s("purge-cronjob.yaml")["spec"]["jobTemplate"]["spec"]
+    return spec
 
 
 def _binary(name: str) -> str | None:
@@ -176,6 +183,7 @@ class TestKubernetes:
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "Job",
+            "CronJob",
         }
 
     @pytest.mark.parametrize("name", MANIFESTS)
@@ -207,10 +215,13 @@ class TestKubernetes:
         assert pod["terminationGracePeriodSeconds"] > graceful + pre_stop
 
     def test_runs_as_non_root_with_a_read_only_root(self) -> None:
-        for name, path in (("deployment.yaml", "spec"), ("migrate-job.yaml", "spec")):
-            pod = _k8s(name)[path]["template"]["spec"]
-            assert pod["securityContext"]["runAsNonRoot"] is True
-            assert pod["securityContext"]["runAsUser"] != 0
+        for name, pod in (
+            ("deployment.yaml", _k8s("deployment.yaml")["spec"]["template"]["spec"]),
+            ("migrate-job.yaml", _k8s("migrate-job.yaml")["spec"]["template"]["spec"]),
+            ("purge-cronjob.yaml", _purge_job()["template"]["spec"]),
+        ):
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["runAsUser"] != 0, name
             for container in pod["containers"]:
                 assert container["securityContext"]["readOnlyRootFilesystem"] is True
                 assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -237,6 +248,16 @@ class TestKubernetes:
         job = _k8s("migrate-job.yaml")["spec"]
         assert job["template"]["spec"]["restartPolicy"] == "Never"
         assert job["template"]["spec"]["containers"][0]["command"] == ["tessera", "migrate"]
+
+    def test_purge_cronjob_runs_tessera_tenants_purge_one_at_a_time(self) -> None:
+        cronjob = _k8s("purge-cronjob.yaml")["spec"]
+        assert cronjob["concurrencyPolicy"] == "Forbid"  # overlapping runs are safe, not useful
+        pod = _purge_job()["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        (container,) = pod["containers"]
+        assert container["command"] == ["tessera", "tenants", "purge"]
+        args = build_parser().parse_args(container["command"][1:])
+        assert (args.command, args.tenants_command, args.now) == ("tenants", "purge", None)
 
     def test_hpa_and_pdb_target_the_deployment(self) -> None:
         deployment = _k8s("deployment.yaml")

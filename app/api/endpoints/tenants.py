@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from app import metrics
-from app.api.dependencies.auth import require_admin
+from app.api.dependencies.auth import AdminDep, require_admin
 from app.api.dependencies.db import EngineDep
 from app.api.dependencies.pagination import PageCursor, PageLimit
 from app.api.errors import ADMIN_ERRORS, responses
@@ -22,7 +22,7 @@ from app.schemas.tenants import (
     TenantPlacementOut,
     TenantUpdate,
 )
-from app.services import placement
+from app.services import placement, tenant_lifecycle
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenants import TenantRegistry
@@ -59,7 +59,7 @@ def _forget(request: Request, slug: str) -> None:
     responses=responses(409, 422),
 )
 async def create_tenant(
-    request: Request, response: Response, body: TenantCreate, engine: EngineDep
+    request: Request, response: Response, body: TenantCreate, engine: EngineDep, admin: AdminDep
 ) -> TenantOut:
     started = time.perf_counter()
     record = await service.create_tenant(
@@ -69,6 +69,7 @@ async def create_tenant(
         name=body.name,
         plan=body.plan,
         rate_limit=body.rate_limit,
+        actor=admin.subject,
     )
     metrics.observe_provisioning(time.perf_counter() - started)
     _forget(request, record.slug)
@@ -84,7 +85,7 @@ async def list_tenants(
     request: Request,
     engine: EngineDep,
     status_: Annotated[
-        Literal["active", "suspended"] | None,
+        Literal["active", "suspended", "deleted"] | None,
         Query(alias="status", json_schema_extra=without_null()),
     ] = None,
     limit: PageLimit = DEFAULT_LIMIT,
@@ -105,36 +106,70 @@ async def get_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> T
     "/{slug}",
     response_model=TenantOut,
     summary="Change name, plan or rate limit (in force everywhere within 1 s)",
-    responses=responses(404, 422),
+    responses=responses(404, 409, 422),
 )
 async def update_tenant(
-    request: Request, slug: TenantSlug, body: TenantUpdate, engine: EngineDep
+    request: Request, slug: TenantSlug, body: TenantUpdate, engine: EngineDep, admin: AdminDep
 ) -> TenantOut:
     changes = body.model_dump(exclude_unset=True)
-    record = await service.update_tenant(engine, slug, **changes)
+    record = await service.update_tenant(engine, slug, actor=admin.subject, **changes)
     _forget(request, slug)
     return _out(request, record)
 
 
-async def _set_status(request: Request, slug: str, engine: EngineDep, new: str) -> TenantOut:
-    record = await service.update_tenant(engine, slug, status=new)
+async def _set_status(
+    request: Request, slug: str, engine: EngineDep, new: str, actor: str
+) -> TenantOut:
+    record = await service.update_tenant(engine, slug, status=new, actor=actor)
     _forget(request, slug)
     return _out(request, record)
 
 
 SUSPEND_SUMMARY = "Suspend: the tenant's tokens get 403 within 1 s; data is kept"
-# The status changes: each answers the tenant, or 404.
-STATUS_CHANGE: dict[str, Any] = {"response_model": TenantOut, "responses": responses(404)}
+# The status changes: each answers the tenant, 404, or 409 `tenant_deleted` (restore first).
+STATUS_CHANGE: dict[str, Any] = {
+    "response_model": TenantOut,
+    "responses": {
+        **responses(404, 409),
+        409: {**responses(409)[409], "description": "`tenant_deleted`: restore it first"},
+    },
+}
 
 
 @router.post("/{slug}/suspend", summary=SUSPEND_SUMMARY, **STATUS_CHANGE)
-async def suspend_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
-    return await _set_status(request, slug, engine, "suspended")
+async def suspend_tenant(
+    request: Request, slug: TenantSlug, engine: EngineDep, admin: AdminDep
+) -> TenantOut:
+    return await _set_status(request, slug, engine, "suspended", admin.subject)
 
 
 @router.post("/{slug}/resume", summary="Resume a suspended tenant", **STATUS_CHANGE)
-async def resume_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
-    return await _set_status(request, slug, engine, "active")
+async def resume_tenant(
+    request: Request, slug: TenantSlug, engine: EngineDep, admin: AdminDep
+) -> TenantOut:
+    return await _set_status(request, slug, engine, "active", admin.subject)
+
+
+@router.post(
+    "/{slug}/restore",
+    response_model=TenantOut,
+    summary="Restore a deleted tenant, as suspended, before it is purged",
+    description=(
+        "Brings a `deleted` tenant back as `suspended`, data untouched (resume it to open "
+        "its API again). A tenant that is not deleted answers 409 `tenant_not_deleted`; one "
+        "already purged no longer exists: 404 `tenant_not_found`."
+    ),
+    responses={
+        **responses(404, 409),
+        409: {**responses(409)[409], "description": "`tenant_not_deleted`"},
+    },
+)
+async def restore_tenant(
+    request: Request, slug: TenantSlug, engine: EngineDep, admin: AdminDep
+) -> TenantOut:
+    record = await tenant_lifecycle.restore_tenant(engine, slug, actor=admin.subject)
+    _forget(request, slug)
+    return _out(request, record)
 
 
 @router.post(
@@ -166,10 +201,12 @@ async def resume_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -
     },
 )
 async def move_tenant(
-    request: Request, slug: TenantSlug, body: TenantMove, engine: EngineDep
+    request: Request, slug: TenantSlug, body: TenantMove, engine: EngineDep, admin: AdminDep
 ) -> TenantPlacementOut:
     host, port = body.node.rsplit(":", 1)
-    moved = await placement.move_tenant(engine, request.app.state.settings, slug, host, int(port))
+    moved = await placement.move_tenant(
+        engine, request.app.state.settings, slug, host, int(port), actor=admin.subject
+    )
     return TenantPlacementOut(
         slug=moved.slug, schema_=moved.schema, node=moved.node, previous_node=moved.previous_node
     )
@@ -178,13 +215,33 @@ async def move_tenant(
 @router.delete(
     "/{slug}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a suspended tenant: schema, data, cache entries and role",
-    responses=responses(404, 409),
+    summary="Delete a suspended tenant: restorable for TENANT_PURGE_GRACE_SECONDS, then purged",
+    description=(
+        "Only a suspended tenant. It becomes `deleted` with `purge_after` = now + "
+        "TENANT_PURGE_GRACE_SECONDS (default 7 days): its data untouched, its tokens refused "
+        "(403 `tenant_deleted`), its slug still taken, restorable with `POST .../restore`. "
+        "`tessera tenants purge` (the CronJob) then drops its schema, data, role, cache "
+        "entries and registry row. With a grace of 0 it is purged within this request. "
+        "204 either way."
+    ),
+    responses={
+        **responses(404, 409),
+        409: {
+            **responses(409)[409],
+            "description": "`tenant_active` (suspend it first), or `tenant_deleted` (already)",
+        },
+    },
 )
-async def delete_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> Response:
-    await service.delete_tenant(engine, slug)
+async def delete_tenant(
+    request: Request, slug: TenantSlug, engine: EngineDep, admin: AdminDep
+) -> Response:
+    grace = request.app.state.settings.tenant_purge_grace_seconds
+    deletion = await tenant_lifecycle.delete_tenant(
+        engine, slug, grace_seconds=grace, actor=admin.subject
+    )
     _forget(request, slug)
-    # Everything the tenant had cached goes at once (a generation bump); Redis being down
-    # only leaves entries that expire with their TTL and can no longer be reached.
-    await request.app.state.cache.bump_generation(slug)
+    if deletion.purged:
+        # Everything the tenant had cached goes at once (a generation bump); Redis being
+        # down only leaves entries that expire with their TTL and can no longer be reached.
+        await request.app.state.cache.bump_generation(slug)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Uuid, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy import (
+    DateTime,
+    Interval,
+    Uuid,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.models.shared import tenants
@@ -27,6 +39,7 @@ class TenantRecord(RowRecord):
     schema_version: str | None
     created_at: datetime
     updated_at: datetime
+    purge_after: datetime | None
 
 
 async def insert_tenant(conn: AsyncConnection, **values: Any) -> TenantRecord:
@@ -86,6 +99,41 @@ async def update_tenant_any_status(conn: AsyncConnection, slug: str, **values: A
         )
     ).one()
     return TenantRecord.from_row(row)
+
+
+async def mark_deleted(conn: AsyncConnection, slug: str, grace: timedelta) -> TenantRecord:
+    """Status `deleted`, purgeable `grace` from now (the database's clock, as purge reads)."""
+    row = (
+        await conn.execute(
+            update(tenants)
+            .where(tenants.c.slug == slug)
+            .values(
+                status="deleted",
+                purge_after=func.now() + literal(grace, Interval),
+                updated_at=func.now(),
+            )
+            .returning(tenants)
+        )
+    ).one()
+    return TenantRecord.from_row(row)
+
+
+async def claim_purgeable(
+    conn: AsyncConnection, *, skip: Collection[uuid.UUID]
+) -> TenantRecord | None:
+    """One deleted tenant past its grace period, locked for this transaction; rows another
+    transaction holds (a purge on another host, a restore) are skipped, not waited for."""
+    query = (
+        select(tenants)
+        .where(tenants.c.status == "deleted", tenants.c.purge_after <= func.now())
+        .order_by(tenants.c.purge_after)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if skip:
+        query = query.where(tenants.c.id.not_in(list(skip)))
+    row = (await conn.execute(query)).one_or_none()
+    return TenantRecord.from_row(row) if row else None
 
 
 async def delete_tenant(conn: AsyncConnection, slug: str) -> None:
