@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from app.commands import tenant_archive
 from app.core.config import Settings, get_settings
 from app.db.engine import build_engine
 from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--rate-limit")
     create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
     create.set_defaults(func=_create_tenant)
+    tenant_archive.register(tsub)  # export, import
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 import uuid
@@ -197,8 +198,10 @@ async def _tables_from_models(conn: AsyncConnection, location: TenantSchema) -> 
     await tenancy.create_tables(conn, location, then=tenant_stamp_sql())
 
 
-async def _tables_from_migrations(conn: AsyncConnection, location: TenantSchema) -> None:
-    await upgrade_tenant_schema(conn, location.schema, tenant_script())
+async def _tables_from_migrations(
+    conn: AsyncConnection, location: TenantSchema, to_rev: str | None = None
+) -> None:
+    await upgrade_tenant_schema(conn, location.schema, tenant_script(), to_rev)
 
 
 # The steps, in order, all inside one transaction: any failure rolls every one back.
@@ -219,8 +222,15 @@ async def create_tenant(
     plan: str,
     rate_limit: str | None,
     from_migrations: bool = False,
+    at_revision: str | None = None,
+    then: ProvisioningStep | None = None,
 ) -> TenantRecord:
-    """Provision a tenant completely, or leave nothing behind (role, schema, registry row)."""
+    """Provision a tenant completely, or leave nothing behind (role, schema, registry row).
+
+    An import (`services/archive.py`) builds the tables at its archive's revision
+    (`at_revision`), loads them in `then`, and they are migrated to head after it: all in
+    the one transaction, before the tenant becomes active.
+    """
     location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
     head = tenant_script().get_current_head()
     try:
@@ -239,9 +249,13 @@ async def create_tenant(
                 db_role=location.role,
             )
             for step_name, step in PROVISIONING_STEPS:
-                if step_name == "create_tables" and from_migrations:
-                    step = _tables_from_migrations
+                if step_name == "create_tables" and (from_migrations or at_revision):
+                    step = functools.partial(_tables_from_migrations, to_rev=at_revision)
                 await step(conn, location)
+            if then is not None:
+                await then(conn, location)
+            if at_revision is not None:
+                await _tables_from_migrations(conn, location)  # to head
             record = await repo.update_tenant_any_status(
                 conn, slug, status="active", schema_version=head
             )
