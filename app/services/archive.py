@@ -137,16 +137,17 @@ async def import_tenant(
 
 
 def _matching_shapes(manifest: ArchiveManifest, shapes: list[TableShape]) -> list[TableShape]:
-    """The tables the archive's revision builds, in the manifest's order, if they are the
-    manifest's own: the same tables with the same columns."""
-    by_name = {shape.name: shape for shape in shapes}
-    listed = {table.name: tuple(table.columns) for table in manifest.tables}
-    if listed != {name: shape.columns for name, shape in by_name.items()}:
+    """The manifest's tables, in its order, if they are those its revision builds: the same
+    tables with the same columns (in any order: COPY names them, so a schema built from the
+    models and one built by the migrations load alike)."""
+    built = {shape.name: frozenset(shape.columns) for shape in shapes}
+    listed = {table.name: frozenset(table.columns) for table in manifest.tables}
+    if listed != built or any(len(t.columns) != len(listed[t.name]) for t in manifest.tables):
         raise InvalidArchive(
             "The archive's tables or columns are not those of its schema version "
             f"{manifest.schema_version!r}."
         )
-    return [by_name[table.name] for table in manifest.tables]
+    return [TableShape(table.name, tuple(table.columns)) for table in manifest.tables]
 
 
 async def _load_table(

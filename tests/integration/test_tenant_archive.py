@@ -294,6 +294,26 @@ async def test_rows_that_do_not_match_their_checksum_are_refused(
     await nothing_left(engine, settings, slug)
 
 
+async def test_truncated_or_corrupt_gzip_is_refused(
+    client: httpx.AsyncClient,
+    admin: Headers,
+    filled: TenantRecord,
+    engine: AsyncEngine,
+    settings: Settings,
+    unique_slug: Callable[[str], str],
+) -> None:
+    archive = await export(client, admin, filled.slug, gzip="true")
+    slug = unique_slug("gz")
+    body = assert_problem(
+        await import_(client, admin, archive[: len(archive) // 2], slug), 422, "invalid_archive"
+    )
+    assert "truncated" in str(body["detail"])
+    middle = len(archive) // 2
+    flipped = archive[:middle] + bytes([archive[middle] ^ 0xFF]) + archive[middle + 1 :]
+    assert_problem(await import_(client, admin, flipped, slug), 422, "invalid_archive")
+    await nothing_left(engine, settings, slug)
+
+
 @pytest.mark.parametrize(
     "foreign",
     [
@@ -330,7 +350,15 @@ async def test_tar_without_a_manifest_or_with_a_bad_one_is_refused(
     no_manifest = rebuilt(archive, lambda files: files.pop("manifest.json"))
     body = assert_problem(await import_(client, admin, no_manifest, slug), 422, "invalid_archive")
     assert "manifest.json" in str(body["detail"])
+
+    def rename_a_column(files: dict[str, bytes]) -> None:
+        manifest = json.loads(files["manifest.json"])
+        manifest["tables"][0]["columns"][0] = "not_a_column"
+        files["manifest.json"] = json.dumps(manifest).encode()
+
     for edit in (
+        rename_a_column,
+        edit_manifest(format_version=2),
         edit_manifest(format="something-else"),
         edit_manifest(rate_limit="lots"),
         edit_manifest(tables=[]),
