@@ -1031,8 +1031,10 @@ async def run(report: Report, tmp: Path, section: str | None = None) -> None:
     db_url = with_database(SERVER_URL, db_name)
     await vacuum_role_catalogs()
     await sql(SERVER_URL, f'CREATE DATABASE "{db_name}"')
-    redis_client = redis.Redis.from_url(REDIS_URL)
-    redis_client.flushdb()
+    # The archive section alone needs no Redis: it leaves the bench's Redis DB alone.
+    redis_client = redis.Redis.from_url(REDIS_URL) if section is None else None
+    if redis_client is not None:
+        redis_client.flushdb()
     try:
         if section == "archive":
             engine = build_engine(Settings(environment="development", database_url=db_url))
@@ -1053,8 +1055,9 @@ async def run(report: Report, tmp: Path, section: str | None = None) -> None:
         finally:
             await conn.close()
         await vacuum_role_catalogs()
-        redis_client.flushdb()
-        redis_client.close()
+        if redis_client is not None:
+            redis_client.flushdb()
+            redis_client.close()
 
 
 async def vacuum_role_catalogs() -> None:
