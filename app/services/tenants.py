@@ -226,11 +226,7 @@ async def create_tenant(
     then: ProvisioningStep | None = None,
 ) -> TenantRecord:
     """Provision a tenant completely, or leave nothing behind (role, schema, registry row).
-
-    An import (`services/archive.py`) builds the tables at its archive's revision
-    (`at_revision`), loads them in `then`, and they are migrated to head after it: all in
-    the one transaction, before the tenant becomes active.
-    """
+    An import builds the tables `at_revision`, loads them in `then`, then they go to head."""
     location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
     head = tenant_script().get_current_head()
     try:
