@@ -17,6 +17,7 @@ from app.api.endpoints import (
     platform,
     projects,
     tasks,
+    tenant_archive,
     tenant_self,
     tenants,
 )
@@ -93,11 +94,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
     app.include_router(admin_audit.router)
+    app.include_router(tenant_archive.router)
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,
     # access log line and metrics.
     app.add_middleware(CachedReadsFirst)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_limits={tenant_archive.IMPORT_PATH: settings.archive_max_bytes},
+    )
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
     metrics.configure(settings.metrics_max_tenants)
     instrument(app)

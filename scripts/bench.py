@@ -43,12 +43,14 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_archive  # noqa: E402  (scripts/, beside this file)
+
 from app.core.config import Settings  # noqa: E402
 from app.db import migrate as migrate_module  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import TENANT_DIR, load_script, migrate_shared, migrate_tenants  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
-from app.services.tenants import create_tenant  # noqa: E402
+from app.services.provisioning import create_tenant  # noqa: E402
 
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -964,6 +966,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_true", help="smoke run, seconds")
     which.add_argument("--full", action="store_true", help="the run for the record")
+    which.add_argument(
+        "--section",
+        choices=["archive"],
+        help="only this section (full size), replacing its part of --output",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--duration", help="wrk duration per scenario in seconds, e.g. 5s (default: by mode)"
@@ -982,11 +989,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scale_max:
         below = tuple(level for level in mode.scale_levels if level < args.scale_max)
         mode = replace(mode, scale_levels=(*below, args.scale_max))
-    require_wrk()
     command = "uv run python scripts/bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     report = Report(mode=mode, command=command, chart_name=f"{args.output.stem}-scaling.png")
+    if args.section:
+        with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
+            asyncio.run(run(report, Path(tmp), section=args.section))
+        lines = list(report.lines)
+        end = lines.index(bench_archive.END)
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        lines[end:end] = ["", f"Measured on its own on {now}, on the machine above: `{command}`."]
+        previous = args.output.read_text() if args.output.exists() else ""
+        args.output.write_text(bench_archive.splice(previous, lines))
+        print(f"\nsection written to {args.output}")
+        return 0
+    require_wrk()
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         asyncio.run(run(report, Path(tmp)))
         if mode.name == "full":
@@ -1006,16 +1024,24 @@ def processes() -> Iterator[list[Proc]]:
             proc.stop()
 
 
-async def run(report: Report, tmp: Path) -> None:
+async def run(report: Report, tmp: Path, section: str | None = None) -> None:
     tag = uuid.uuid4().hex[:6]
     db_name = f"tessera_bench_{tag}"
     role_prefix = f"b{tag}_"
     db_url = with_database(SERVER_URL, db_name)
     await vacuum_role_catalogs()
     await sql(SERVER_URL, f'CREATE DATABASE "{db_name}"')
-    redis_client = redis.Redis.from_url(REDIS_URL)
-    redis_client.flushdb()
+    # The archive section alone needs no Redis: it leaves the bench's Redis DB alone.
+    redis_client = redis.Redis.from_url(REDIS_URL) if section is None else None
+    if redis_client is not None:
+        redis_client.flushdb()
     try:
+        if section == "archive":
+            engine = build_engine(Settings(environment="development", database_url=db_url))
+            await migrate_shared(engine)
+            await engine.dispose()
+            await archive(report, db_url, role_prefix, tmp, full=True)
+            return
         with processes() as procs:
             await scenarios(report, tmp, db_url, role_prefix, procs)
     finally:
@@ -1029,8 +1055,9 @@ async def run(report: Report, tmp: Path) -> None:
         finally:
             await conn.close()
         await vacuum_role_catalogs()
-        redis_client.flushdb()
-        redis_client.close()
+        if redis_client is not None:
+            redis_client.flushdb()
+            redis_client.close()
 
 
 async def vacuum_role_catalogs() -> None:
@@ -1581,6 +1608,17 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         f"additive migration over 1,000 tenants < 120 s{scale_note}",
         f"{additive_s:.2f} s",
         additive_s < 120 if len(slugs) >= 1000 else None,
+    )
+
+    await archive(report, db_url, role_prefix, tmp, full=mode.name == "full")
+
+
+async def archive(report: Report, db_url: str, role_prefix: str, tmp: Path, *, full: bool) -> None:
+    """Tenant export and import against bare COPY (scripts/bench_archive.py)."""
+    # The smoke run: one small size, once (each operation is a process of its own).
+    sizes, rounds = ((10_000, 100_000), 3) if full else ((1_000,), 1)
+    await bench_archive.archive_section(
+        report.add, report.target, db_url, role_prefix, tmp, sizes, rounds
     )
 
 

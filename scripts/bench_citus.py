@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 from app.core.config import Settings  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
+from app.services.provisioning import create_tenant  # noqa: E402
 from app.services.tenant_lifecycle import delete_tenant  # noqa: E402
-from app.services.tenants import create_tenant, update_tenant  # noqa: E402
+from app.services.tenants import update_tenant  # noqa: E402
 from scripts.citus import CitusCluster, citus_missing  # noqa: E402
 
 BEGIN, END = "<!-- citus:begin -->", "<!-- citus:end -->"

@@ -44,7 +44,7 @@ from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
 from app.main import create_app  # noqa: E402
-from app.services.tenants import create_tenant  # noqa: E402
+from app.services.provisioning import create_tenant  # noqa: E402
 
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")

@@ -33,7 +33,7 @@ from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
 from app.devissuer import DevIssuer
 from app.main import create_app
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 from tests.factories import make_tenant
 from tests.redis_layer.redis_servers import REDIS_URL
 from tests.support import running_app

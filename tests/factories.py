@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 
 
 class TenantFactory(factory.DictFactory):

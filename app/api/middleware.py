@@ -44,9 +44,17 @@ class PayloadTooLarge(HTTPException):
 class RequestContextMiddleware:
     """One pass per request for everything that wraps it; cheaper than a stack of middlewares."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths whose bodies have a limit of their own (a tenant archive's import).
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +67,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
-        limit = self.max_body_bytes
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started

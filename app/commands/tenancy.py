@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from app.commands import tenant_archive
 from app.core.config import Settings, get_settings
 from app.db.engine import build_engine
 from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="purge this deleted tenant at once, before its grace period ends",
     )
     purge.set_defaults(func=_purge_tenants)
+    tenant_archive.register(tsub)  # export, import
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -136,7 +138,8 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.config import validate_rate_limit
     from app.core.slugs import slug_problem
     from app.services.admin_audit import cli_actor
-    from app.services.tenants import TenantExists, create_tenant
+    from app.services.provisioning import create_tenant
+    from app.services.tenants import TenantExists
 
     problem = slug_problem(args.slug)
     if problem:

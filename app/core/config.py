@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     metrics_max_tenants: int = Field(default=1000, ge=0)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # The one body past MAX_BODY_BYTES: a tenant archive to import (streamed, never held).
+    archive_max_bytes: int = Field(default=8 * 1024**3, ge=1)
 
     @field_validator("database_url")
     @classmethod

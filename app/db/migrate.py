@@ -106,8 +106,11 @@ async def migrate_shared(engine: AsyncEngine) -> str | None:
     return script.get_current_head()
 
 
-def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> tuple[str, ...]:
-    """The SQL statements that take one tenant schema from `from_rev` to head, rendered once.
+def render_tenant_sql(
+    script: ScriptDirectory, from_rev: str | None, to_rev: str | None = None
+) -> tuple[str, ...]:
+    """The SQL statements that take one tenant schema from `from_rev` to `to_rev` (head by
+    default; an imported archive's tables are first built at its own revision), rendered once.
 
     Tenant tables are never schema-qualified, so the same text serves every tenant: it runs
     in the tenant schema the transaction is pinned to. Rendering (Alembic's offline mode)
@@ -117,11 +120,11 @@ def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> tuple[st
     Alembic writes each statement to the buffer in one call, so they are kept apart: a
     Citus coordinator needs some of them sent on their own (`tenancy.run_script`).
     """
-    key = (script.dir, from_rev)
+    key = (script.dir, from_rev, to_rev)
     cached = _rendered.get(key)
     if cached is not None:
         return cached
-    head = script.get_current_head() or "base"
+    head = to_rev or script.get_current_head() or "base"
     buffer = _StatementBuffer()
     config = Config(output_buffer=buffer)
     config.set_main_option("script_location", script.dir)
@@ -149,7 +152,7 @@ def render_tenant_sql(script: ScriptDirectory, from_rev: str | None) -> tuple[st
     return statements
 
 
-_rendered: dict[tuple[str, str | None], tuple[str, ...]] = {}
+_rendered: dict[tuple[str, str | None, str | None], tuple[str, ...]] = {}
 
 
 class _StatementBuffer(io.StringIO):
@@ -181,15 +184,16 @@ async def current_tenant_revision(conn: AsyncConnection) -> str | None:
 
 
 async def upgrade_tenant_schema(
-    conn: AsyncConnection, schema: str, script: ScriptDirectory
+    conn: AsyncConnection, schema: str, script: ScriptDirectory, to_rev: str | None = None
 ) -> None:
-    """Apply pending tenant revisions to one schema inside `conn`'s transaction."""
+    """Apply pending tenant revisions (up to `to_rev`, head by default) to one schema inside
+    `conn`'s transaction."""
     await conn.run_sync(pin_schema_as_owner, schema)
     current = await current_tenant_revision(conn)
-    if current == script.get_current_head():
+    if current == (to_rev or script.get_current_head()):
         return
     # Several statements in one simple-protocol round trip; no parameters are involved.
-    await run_script(conn, render_tenant_sql(script, current))
+    await run_script(conn, render_tenant_sql(script, current, to_rev))
 
 
 @dataclass

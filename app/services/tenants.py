@@ -1,5 +1,5 @@
-"""Tenants: provisioning, lookup (the registry cache) and changes; deletion, restore and purge
-are in app/services/tenant_lifecycle.py."""
+"""Tenants: lookup (the registry cache), listing and changes. Provisioning is in
+app/services/provisioning.py; deletion, restore and purge in app/services/tenant_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
-from app.db import tenancy
-from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
+from app.db.migrate import tenant_script
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
 from app.db.tenancy import TenantSchema
@@ -27,8 +24,6 @@ from app.services.admin_audit import SYSTEM_ACTOR
 from app.services.pagination import created, cut_page, decode_cursor
 
 logger = logging.getLogger("tessera.tenants")
-
-DUPLICATE_OBJECT = "42710"  # SQLSTATE of CREATE ROLE on a name already taken
 
 
 class TenantNotFound(NotFound):
@@ -195,87 +190,6 @@ class TenantRegistry:
         if record is None or record.status == "provisioning":
             return None
         return Tenant.from_record(record, self._default_rate_limit)
-
-
-# --- provisioning ---------------------------------------------------------------------
-
-ProvisioningStep = Callable[[AsyncConnection, TenantSchema], Awaitable[None]]
-
-
-async def _tables_from_models(conn: AsyncConnection, location: TenantSchema) -> None:
-    await tenancy.create_tables(conn, location, then=tenant_stamp_sql())
-
-
-async def _tables_from_migrations(conn: AsyncConnection, location: TenantSchema) -> None:
-    await upgrade_tenant_schema(conn, location.schema, tenant_script())
-
-
-# The steps, in order, all inside one transaction: any failure rolls every one back.
-PROVISIONING_STEPS: list[tuple[str, ProvisioningStep]] = [
-    ("create_role", tenancy.create_role),
-    ("create_schema", tenancy.create_schema),
-    ("create_tables", _tables_from_models),
-    ("grant_privileges", tenancy.grant_privileges),
-]
-
-
-async def create_tenant(
-    engine: AsyncEngine,
-    settings: Settings,
-    *,
-    slug: str,
-    name: str,
-    plan: str,
-    rate_limit: str | None,
-    from_migrations: bool = False,
-    actor: str = SYSTEM_ACTOR,
-) -> TenantRecord:
-    """Provision a tenant completely, or leave nothing behind (role, schema, registry row)."""
-    location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
-    head = tenant_script().get_current_head()
-    try:
-        async with engine.begin() as conn:
-            # The registry row comes first: a concurrent create of the same slug waits on
-            # the unique index and then fails cleanly with 409.
-            await repo.insert_tenant(
-                conn,
-                id=uuid.uuid4(),
-                slug=slug,
-                name=name,
-                plan=plan,
-                status="provisioning",
-                rate_limit=rate_limit,
-                schema=location.schema,
-                db_role=location.role,
-            )
-            for step_name, step in PROVISIONING_STEPS:
-                if step_name == "create_tables" and from_migrations:
-                    step = _tables_from_migrations
-                await step(conn, location)
-            record = await repo.update_tenant_any_status(
-                conn, slug, status="active", schema_version=head
-            )
-            await admin_audit.record(
-                conn,
-                actor=actor,
-                action="tenant.created",
-                tenant=record,
-                changes={"name": name, "plan": plan, "rate_limit": rate_limit},
-            )
-    except IntegrityError as exc:
-        if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
-            raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
-        raise
-    except ProgrammingError as exc:
-        # Roles are server-wide: another database on this server (or a stale role) may hold
-        # the name. Nothing was created here; say so instead of failing with a 500.
-        if getattr(exc.orig, "sqlstate", None) == DUPLICATE_OBJECT:
-            raise TenantExists(
-                f"The database role for tenant {slug!r} already exists on the server; "
-                "set DB_TENANT_ROLE_PREFIX when several Tessera databases share a server."
-            ) from exc
-        raise
-    return record
 
 
 async def get_or_404(conn: AsyncConnection, slug: str, *, for_update: bool = False) -> TenantRecord:

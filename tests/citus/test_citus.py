@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.migrate import migrate_tenants
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 from scripts.citus import CitusCluster, Node, citus_missing
 from tests.conftest import REDIS_URL, MakeToken, RunningIssuer
 from tests.factories import post_project, post_task

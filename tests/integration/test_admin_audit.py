@@ -256,3 +256,30 @@ async def test_the_purge_command_records_its_operating_system_user(
     (purged, *_) = await events_of(client, admin, record.slug)
     assert purged["action"] == "tenant.purged"
     assert purged["actor"] == f"cli:{getpass.getuser()}"
+
+
+async def test_an_export_and_an_import_are_recorded_with_the_archive_they_moved(
+    graced: httpx.AsyncClient, operator: Headers, unique_slug: Callable[[str], str]
+) -> None:
+    slug, copy = unique_slug("exp"), unique_slug("imp")
+    body = {"slug": slug, "name": "Moved", "plan": "pro"}
+    assert (await graced.post("/admin/v1/tenants", json=body, headers=operator)).is_success
+    exported = await graced.post(f"/admin/v1/tenants/{slug}/export", headers=operator)
+    assert exported.status_code == 200, exported.text
+    imported = await graced.post(
+        "/admin/v1/tenants/import",
+        params={"slug": copy},
+        content=exported.content,
+        headers={**operator, "Content-Type": "application/octet-stream"},
+    )
+    assert imported.status_code == 201, imported.text
+
+    (export_event, _created) = await events_of(graced, operator, slug)
+    assert (export_event["action"], export_event["actor"]) == ("tenant.exported", "ops-alice")
+    archive = export_event["changes"]["archive"]
+    assert archive["slug"] == slug and archive["rows"] >= 0 and archive["schema_version"]
+    (import_event,) = await events_of(graced, operator, copy)
+    assert (import_event["action"], import_event["actor"]) == ("tenant.imported", "ops-alice")
+    assert import_event["tenant_slug"] == copy
+    assert import_event["changes"]["archive"] == archive
+    assert import_event["changes"]["name"] == "Moved"

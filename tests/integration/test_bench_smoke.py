@@ -24,6 +24,7 @@ SECTIONS = (
     "## Tenant scaling",
     "## Event loop under a slow Redis",
     "## Fleet migration",
+    "## Export and import",
 )
 
 

@@ -24,7 +24,7 @@ from app.db.engine import build_engine
 from app.db.migrate import migrate_shared
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import quote_ident
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 from tests.conftest import RunningIssuer
 from tests.redis_layer.redis_servers import RedisProcess, start_redis, stop_redis
 from tests.servers import PostgresCluster, app_environment, uvicorn

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.db.migrate import TENANT_DIR, migrate_tenants
 from app.db.repositories.tenants import TenantRecord
-from app.services import tenants as service
+from app.services import provisioning
 from tests.factories import post_project
 from tests.metrics_support import CacheMeter
 
@@ -79,7 +79,7 @@ async def test_fleet_of_200_migrates_with_one_broken_tenant_reported_and_rerun_c
     tmp_path: Path,
 ) -> None:
     fleet = [
-        await service.create_tenant(
+        await provisioning.create_tenant(
             engine, settings, slug=unique_slug("fleet"), name="f", plan="free", rate_limit=None
         )
         for _ in range(200)

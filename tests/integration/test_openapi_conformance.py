@@ -29,13 +29,13 @@ import schemathesis
 from fastapi import FastAPI
 from schemathesis import Case, Response
 from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import allow_header_conformance, positive_data_acceptance
 
 from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.migrate import migrate_shared
 from app.main import create_app
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 from tests.conftest import SERVER_URL, MakeToken, ServedApp, with_database
 from tests.factories import ProjectFactory, TaskFactory
 
@@ -239,6 +239,19 @@ def judged_checks(case: Case, response: Response) -> list[Any]:
     # space and reuses them across bodies, so a schema-valid request can be this refusal.
     if response.status_code == 422 and b'"code":"idempotency_key_reused"' in response.content:
         return [positive_data_acceptance]
+    # /admin/v1/tenants/import is also /admin/v1/tenants/{slug} of a tenant named "import"
+    # (GET, PATCH, DELETE route there), and Allow says so: the document lists the two paths
+    # apart, so the check counts those methods as undocumented on this one.
+    if case.operation.path == "/admin/v1/tenants/import":
+        # Any bytes fit the body's schema (a binary string); whether they are an archive,
+        # intact and of a known schema version, no schema can say. The document lists
+        # these refusals (422 `invalid_archive`, `archive_schema_unsupported`).
+        if response.status_code == 422 and (
+            b'"code":"invalid_archive"' in response.content
+            or b'"code":"archive_schema_unsupported"' in response.content
+        ):
+            return [allow_header_conformance, positive_data_acceptance]
+        return [allow_header_conformance]
     return []
 
 

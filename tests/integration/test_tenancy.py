@@ -18,7 +18,7 @@ from app.db.migrate import TENANT_DIR, load_script
 from app.db.models.tenant import projects
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema, pin_tenant
-from app.services import tenant_lifecycle
+from app.services import provisioning, tenant_lifecycle
 from app.services import tenants as service
 from app.services.tenants import TenantExists
 
@@ -47,7 +47,7 @@ async def session_settings(conn: AsyncConnection) -> tuple[str, str]:
 async def test_each_tenant_sees_only_its_own_rows_through_one_pooled_connection(
     settings: Settings, tenant: TenantRecord, engine: AsyncEngine
 ) -> None:
-    other = await service.create_tenant(
+    other = await provisioning.create_tenant(
         engine,
         settings,
         slug=f"other-{uuid.uuid4().hex[:8]}",
@@ -73,7 +73,7 @@ async def test_interleaved_requests_from_many_tenants_stay_isolated(
     settings: Settings, engine: AsyncEngine, unique_slug: Callable[[str], str]
 ) -> None:
     records = [
-        await service.create_tenant(
+        await provisioning.create_tenant(
             engine, settings, slug=unique_slug("mix"), name="m", plan="free", rate_limit=None
         )
         for _ in range(6)
@@ -129,7 +129,7 @@ async def test_pin_ends_with_the_transaction(
 async def test_tenant_role_cannot_read_another_schema_even_without_search_path(
     settings: Settings, tenant: TenantRecord, engine: AsyncEngine
 ) -> None:
-    other = await service.create_tenant(
+    other = await provisioning.create_tenant(
         engine,
         settings,
         slug=f"victim-{uuid.uuid4().hex[:8]}",
@@ -166,7 +166,7 @@ async def _objects_exist(engine: AsyncEngine, schema: str, role: str, slug: str)
     return found
 
 
-@pytest.mark.parametrize("failing_step", [name for name, _ in service.PROVISIONING_STEPS])
+@pytest.mark.parametrize("failing_step", [name for name, _ in provisioning.PROVISIONING_STEPS])
 async def test_provisioning_failure_in_any_step_leaves_nothing_behind(
     settings: Settings,
     engine: AsyncEngine,
@@ -177,11 +177,11 @@ async def test_provisioning_failure_in_any_step_leaves_nothing_behind(
     async def boom(conn: AsyncConnection, location: TenantSchema) -> None:
         raise RuntimeError(f"injected failure in {failing_step}")
 
-    steps = [(n, boom if n == failing_step else s) for n, s in service.PROVISIONING_STEPS]
-    monkeypatch.setattr(service, "PROVISIONING_STEPS", steps)
+    steps = [(n, boom if n == failing_step else s) for n, s in provisioning.PROVISIONING_STEPS]
+    monkeypatch.setattr(provisioning, "PROVISIONING_STEPS", steps)
     slug = unique_slug("fail")
     with pytest.raises(RuntimeError, match="injected"):
-        await service.create_tenant(
+        await provisioning.create_tenant(
             engine, settings, slug=slug, name="F", plan="free", rate_limit=None
         )
     location = tenancy.schema_for(slug, settings.db_tenant_role_prefix)
@@ -194,7 +194,7 @@ async def test_two_concurrent_creates_of_one_slug_give_one_tenant(
     slug = unique_slug("race")
     results = await asyncio.gather(
         *(
-            service.create_tenant(
+            provisioning.create_tenant(
                 engine, settings, slug=slug, name="R", plan="free", rate_limit=None
             )
             for _ in range(2)
@@ -233,10 +233,10 @@ async def _catalog(engine: AsyncEngine, schema: str) -> list[tuple[str, str]]:
 async def test_models_and_migrations_build_the_identical_schema(
     settings: Settings, engine: AsyncEngine, unique_slug: Callable[[str], str]
 ) -> None:
-    from_models = await service.create_tenant(
+    from_models = await provisioning.create_tenant(
         engine, settings, slug=unique_slug("models"), name="m", plan="free", rate_limit=None
     )
-    from_migrations = await service.create_tenant(
+    from_migrations = await provisioning.create_tenant(
         engine,
         settings,
         slug=unique_slug("migs"),
@@ -325,7 +325,7 @@ async def test_a_role_name_taken_on_the_server_is_409_and_leaves_nothing(
         await conn.execute(text(f'CREATE ROLE "{location.role}"'))
     try:
         with pytest.raises(TenantExists, match="already exists on the server"):
-            await service.create_tenant(
+            await provisioning.create_tenant(
                 engine, settings, slug=slug, name="T", plan="free", rate_limit=None
             )
         assert await _objects_exist(engine, location.schema, location.role, slug) == ["role"]

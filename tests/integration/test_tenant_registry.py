@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.db.engine import build_engine
 from app.db.repositories.tenants import TenantRecord
+from app.services import provisioning
 from app.services import tenants as service
 from app.services.tenants import UNKNOWN, TenantRegistry
 from tests.support import eventually
@@ -156,7 +157,7 @@ async def test_rows_written_by_hand_or_by_provisioning_reach_a_started_registry_
     await eventually(name(renamed), None, within=1.0)
 
     # Provisioning inserts the row as 'provisioning' and activates it in one transaction.
-    await service.create_tenant(
+    await provisioning.create_tenant(
         engine, settings, slug=provisioned, name="New", plan="free", rate_limit=None
     )
     await eventually(name(provisioned), "New", within=1.0)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
-from app.services.tenants import create_tenant
+from app.services.provisioning import create_tenant
 from tests.factories import post_project
 from tests.metrics_support import CacheMeter, parse_samples
 from tests.redis_layer.redis_servers import ISSUED_SLUGS, TestCluster

@@ -22,7 +22,7 @@ from app.schemas.tenants import (
     TenantPlacementOut,
     TenantUpdate,
 )
-from app.services import placement, tenant_lifecycle
+from app.services import placement, provisioning, tenant_lifecycle
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenants import TenantRegistry
@@ -39,14 +39,14 @@ router = APIRouter(
 TenantSlug = Annotated[str, Path(min_length=SLUG_MIN, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 
 
-def _out(request: Request, record: service.TenantRecord) -> TenantOut:
+def tenant_out(request: Request, record: service.TenantRecord) -> TenantOut:
     """A tenant as the admin API shows it: with the default rate limit where it has none."""
     default = request.app.state.settings.rate_limit_default
     shown = replace(record, rate_limit=record.rate_limit or default)
     return TenantOut.model_validate(shown, from_attributes=True)
 
 
-def _forget(request: Request, slug: str) -> None:
+def forget_tenant(request: Request, slug: str) -> None:
     registry: TenantRegistry = request.app.state.tenant_registry
     registry.forget(slug)
 
@@ -62,7 +62,7 @@ async def create_tenant(
     request: Request, response: Response, body: TenantCreate, engine: EngineDep, admin: AdminDep
 ) -> TenantOut:
     started = time.perf_counter()
-    record = await service.create_tenant(
+    record = await provisioning.create_tenant(
         engine,
         request.app.state.settings,
         slug=body.slug,
@@ -72,12 +72,12 @@ async def create_tenant(
         actor=admin.subject,
     )
     metrics.observe_provisioning(time.perf_counter() - started)
-    _forget(request, record.slug)
+    forget_tenant(request, record.slug)
     # A slug may name a deleted tenant whose generation bump never reached Redis: a new
     # generation keeps the new tenant from ever reading the old one's entries.
     await request.app.state.cache.bump_generation(record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
-    return _out(request, record)
+    return tenant_out(request, record)
 
 
 @router.get("", response_model=Page[TenantOut], summary="List tenants, newest first")
@@ -94,12 +94,12 @@ async def list_tenants(
     records, next_cursor = await service.list_tenants(
         engine, limit=limit, status=status_, cursor=cursor
     )
-    return Page[TenantOut](items=[_out(request, r) for r in records], next_cursor=next_cursor)
+    return Page[TenantOut](items=[tenant_out(request, r) for r in records], next_cursor=next_cursor)
 
 
 @router.get("/{slug}", response_model=TenantOut, summary="One tenant", responses=responses(404))
 async def get_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
-    return _out(request, await service.get_tenant(engine, slug))
+    return tenant_out(request, await service.get_tenant(engine, slug))
 
 
 @router.patch(
@@ -113,16 +113,16 @@ async def update_tenant(
 ) -> TenantOut:
     changes = body.model_dump(exclude_unset=True)
     record = await service.update_tenant(engine, slug, actor=admin.subject, **changes)
-    _forget(request, slug)
-    return _out(request, record)
+    forget_tenant(request, slug)
+    return tenant_out(request, record)
 
 
 async def _set_status(
     request: Request, slug: str, engine: EngineDep, new: str, actor: str
 ) -> TenantOut:
     record = await service.update_tenant(engine, slug, status=new, actor=actor)
-    _forget(request, slug)
-    return _out(request, record)
+    forget_tenant(request, slug)
+    return tenant_out(request, record)
 
 
 SUSPEND_SUMMARY = "Suspend: the tenant's tokens get 403 within 1 s; data is kept"
@@ -168,8 +168,8 @@ async def restore_tenant(
     request: Request, slug: TenantSlug, engine: EngineDep, admin: AdminDep
 ) -> TenantOut:
     record = await tenant_lifecycle.restore_tenant(engine, slug, actor=admin.subject)
-    _forget(request, slug)
-    return _out(request, record)
+    forget_tenant(request, slug)
+    return tenant_out(request, record)
 
 
 @router.post(
@@ -239,7 +239,7 @@ async def delete_tenant(
     deletion = await tenant_lifecycle.delete_tenant(
         engine, slug, grace_seconds=grace, actor=admin.subject
     )
-    _forget(request, slug)
+    forget_tenant(request, slug)
     if deletion.purged:
         # Everything the tenant had cached goes at once (a generation bump); Redis being
         # down only leaves entries that expire with their TTL and can no longer be reached.
