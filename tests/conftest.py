@@ -35,10 +35,10 @@ from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.provisioning import create_tenant
 from tests.factories import make_tenant
-from tests.redis_layer.redis_servers import REDIS_URL
 from tests.support import running_app
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def with_database(url: str, database: str) -> str:

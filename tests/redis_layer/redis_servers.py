@@ -11,27 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from app.core.config import Settings
 from tests.servers import free_port
 
-
-def _session_redis_url() -> str:
-    """TEST_REDIS_URL; under pytest-xdist each worker takes a database of its own (gw0 the
-    given one, gw1 the one below it, ...), since every test session flushes its database."""
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw"):
-        return url
-    parts = urlsplit(url)
-    database = int(parts.path.lstrip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(database - int(worker[2:])) % 16}"))
-
-
-REDIS_URL = _session_redis_url()
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 STARTUP_SECONDS = 10.0
 
 
