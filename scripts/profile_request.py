@@ -50,6 +50,7 @@ SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0
 REDIS_URL = os.environ.get("PROFILE_REDIS_URL", "redis://127.0.0.1:6379/11")
 N = 2000
 WRITE_N = 400  # each call of the write rows inserts a project: fewer, for the run's length
+ROUNDS = 10  # of each paired difference
 PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
 # Issue 8's per-request CPU budget.
@@ -109,8 +110,9 @@ async def call(
     return int(sent[0]["status"])
 
 
-async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
-    for _ in range(max(100, n // 10)):
+async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int | None = None) -> float:
+    n = N if n is None else n
+    for _ in range(max(min(100, n), n // 10)):
         await fn()
     started = time.process_time()
     for _ in range(n):
@@ -121,14 +123,15 @@ async def cpu_per_call(fn: Callable[[], Awaitable[Any]], n: int = N) -> float:
 async def paired(
     a: Callable[[], Awaitable[Any]],
     b: Callable[[], Awaitable[Any]],
-    rounds: int = 10,
-    n: int = N // 4,
+    rounds: int | None = None,
+    n: int | None = None,
 ) -> float:
     """CPU per call of `a` minus that of `b`: the median over rounds in which each is
     measured right after the other, so that a machine whose speed drifts (this VM's does)
     weighs on both sides of each difference alike."""
     differences = []
-    for _ in range(rounds):
+    n = N // 4 if n is None else n
+    for _ in range(ROUNDS if rounds is None else rounds):
         differences.append(await cpu_per_call(a, n) - await cpu_per_call(b, n))
     return statistics.median(differences)
 
@@ -255,7 +258,7 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     rows.append(
         (
             "JWT verification, token seen before",
-            await cpu_per_call(lambda: verifier.verify(token), n=20000),
+            await cpu_per_call(lambda: verifier.verify(token), n=10 * N),
         )
     )
     if PROFILE_OUT is not None:
@@ -395,7 +398,16 @@ def main() -> int:
         action="store_true",
         help="also print function profiles of a cache hit, a miss and a create",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a twentieth of the calls and two rounds: proves every part runs (the test "
+        "suite's smoke run), measures nothing worth keeping",
+    )
     args = parser.parse_args()
+    if args.quick:
+        global N, WRITE_N, ROUNDS
+        N, WRITE_N, ROUNDS = N // 20, WRITE_N // 20, 2
     if args.cprofile:
         global PROFILE_OUT
         PROFILE_OUT = sys.stderr
@@ -441,7 +453,8 @@ def main() -> int:
                 await conn.close()
 
         asyncio.run(drop_roles())
-    write(rows, args.output, "uv run python scripts/profile_request.py")
+    command = "uv run python scripts/profile_request.py" + (" --quick" if args.quick else "")
+    write(rows, args.output, command)
     print(args.output.read_text())
     return 0
 

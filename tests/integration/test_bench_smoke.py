@@ -97,7 +97,13 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 def test_request_profile_writes_every_part(tmp_path: Path) -> None:
     output = tmp_path / "profile.md"
     done = subprocess.run(  # noqa: S603 - our own script
-        [sys.executable, str(ROOT / "scripts" / "profile_request.py"), "--output", str(output)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "profile_request.py"),
+            "--quick",
+            "--output",
+            str(output),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
