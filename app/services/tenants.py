@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from app.db.repositories.tenants import TenantRecord as TenantRecord  # the serv
 from app.db.tenancy import TenantSchema
 from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services.pagination import created, cut_page, decode_cursor
+from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.tenants")
 
@@ -42,7 +44,9 @@ class TenantActive(Conflict):
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
-    """A tenant as the request path sees it."""
+    """A tenant as the request path sees it: `keys` places it in Redis (by id, not only by
+    slug), `created_at` is when it was created, in Unix seconds cut to the whole second as a
+    token's `iat` is (admission refuses tokens issued before it)."""
 
     id: uuid.UUID
     slug: str
@@ -51,6 +55,8 @@ class Tenant:
     status: str
     rate_limit: str
     location: TenantSchema
+    keys: TenantKeys
+    created_at: float
 
     @classmethod
     def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
@@ -62,6 +68,8 @@ class Tenant:
             status=record.status,
             rate_limit=record.rate_limit or default_rate_limit,
             location=TenantSchema(schema=record.schema, role=record.db_role),
+            keys=TenantKeys(record.slug, record.id),
+            created_at=float(math.floor(record.created_at.timestamp())),
         )
 
 
