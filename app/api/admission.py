@@ -66,7 +66,7 @@ async def admit(
 ) -> Admitted:
     """Decide a tenant API request; raises the TesseraError that answers a refusal."""
     principal = await authenticate(state.token_verifier, authorization)
-    tenant = await _tenant_of(state.tenant_registry, principal, state.settings.auth_leeway_seconds)
+    tenant = await _tenant_of(state.tenant_registry, principal)
     check_scopes(principal, *(READ_SCOPES if method in READ_METHODS else WRITE_SCOPES))
     rate, prefetched = await count_request(state, tenant, lookup)
     return Admitted(principal, tenant, rate, prefetched)
@@ -93,7 +93,7 @@ async def count_request(
     return limiter.settle(prefetched.count, prefetched.counted), prefetched
 
 
-async def _tenant_of(registry: TenantRegistry, principal: Principal, leeway: float) -> Tenant:
+async def _tenant_of(registry: TenantRegistry, principal: Principal) -> Tenant:
     """The caller's tenant: it must exist, be the one the token was issued for, and be
     active. Checked before scopes, so an admin token without a tenant claim gets
     `tenant_not_found` on the tenant API.
@@ -111,7 +111,7 @@ async def _tenant_of(registry: TenantRegistry, principal: Principal, leeway: flo
         raise TenantNotFoundForToken("The token's tenant does not exist.")
     tenant_var.set(tenant.slug)
     issued_at = principal.issued_at
-    if issued_at is not None and issued_at < tenant.created_at - leeway:
+    if issued_at is not None and issued_at < tenant.created_at - registry.token_leeway:
         raise TokenPredatesTenant(
             "The token was issued before its tenant was created; it was meant for an "
             "earlier tenant of that slug."

@@ -101,6 +101,9 @@ class TenantRegistry:
         self._can_listen = settings.listen_dsn is not None
         self._timeout = settings.db_request_timeout_seconds
         self._default_rate_limit = settings.rate_limit_default
+        # Admission refuses a token issued before its tenant's created_at less this; kept
+        # here, beside the tenants, so the check costs no settings lookup per request.
+        self.token_leeway = float(settings.auth_leeway_seconds)
         # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
         self._entries: dict[str, tuple[float, Tenant | None, int | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
