@@ -117,7 +117,8 @@ class TenantCache:
         # predate a committed write. Their next use of the cache on this replica bumps the
         # generation first, and reads bypass the cache until that bump gets through, so a
         # client reads its own writes back even across a Redis blip or restart.
-        self._unflushed: set[TenantKeys] = set()
+        # By prefix: a str caches its hash, so the hot path's membership test stays cheap.
+        self._unflushed: set[str] = set()
 
     @property
     def enabled(self) -> bool:
@@ -125,7 +126,7 @@ class TenantCache:
 
     def ready(self, tenant: TenantKeys) -> bool:
         """Whether the tenant's entries can be looked up as they are (no flush owed first)."""
-        return self.ttl_ms > 0 and tenant not in self._unflushed
+        return self.ttl_ms > 0 and tenant.prefix not in self._unflushed
 
     async def count_and_lookup(self, count: Count, key: CacheKey | None) -> Prefetched:
         """Count the request (`count`, from the rate limiter) and look `key` up (unless it
@@ -192,7 +193,7 @@ class TenantCache:
         redis_keys = sorted({version_key(tenant, k.versioned) for k in keys})
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                if tenant in self._unflushed:
+                if tenant.prefix in self._unflushed:
                     await self._flush(tenant)  # wider than these keys: covers them
                 else:
                     await self._invalidate(
@@ -201,7 +202,7 @@ class TenantCache:
             self.outages.failing = False
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
-            self._unflushed.add(tenant)
+            self._unflushed.add(tenant.prefix)
 
     async def bump_generation(self, tenant: TenantKeys) -> int | None:
         """Drop every entry of the tenant at once (a project deleted, a migration, or the
@@ -216,12 +217,12 @@ class TenantCache:
                 return await self._flush(tenant)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
-            self._unflushed.add(tenant)
+            self._unflushed.add(tenant.prefix)
             return None
 
     async def _flush(self, tenant: TenantKeys) -> int:
         generation = int(await self.redis.incr(generation_key(tenant)))
-        self._unflushed.discard(tenant)
+        self._unflushed.discard(tenant.prefix)
         self.outages.failing = False
         return generation
 
@@ -230,9 +231,9 @@ class TenantCache:
     ) -> tuple[_Lookup, bytes | None]:
         if (
             prefetched is not None
-            and prefetched.tenant == tenant
+            and prefetched.tenant.prefix == tenant.prefix
             and prefetched.key == key
-            and tenant not in self._unflushed
+            and tenant.prefix not in self._unflushed
         ):
             if prefetched.error is not None:
                 raise prefetched.error
@@ -240,7 +241,7 @@ class TenantCache:
                 return prefetched.lookup, prefetched.entry
             # counted without a lookup: look up now
         async with asyncio.timeout(self.timeout_seconds):
-            if tenant in self._unflushed:
+            if tenant.prefix in self._unflushed:
                 await self._flush(tenant)
             return await self._run_lookup(tenant, key)
 
