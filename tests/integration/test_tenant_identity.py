@@ -175,9 +175,7 @@ class Scenario:
 
 
 @pytest.fixture
-async def replicas(
-    settings: Settings, own_redis: StoppableRedis
-) -> AsyncIterator[Callable[[str, str], Any]]:
+async def replicas(settings: Settings) -> AsyncIterator[Callable[[str, str], Any]]:
     """`replicas(a_redis_url, b_redis_url)`: two running apps sharing the database."""
     async with AsyncExitStack() as stack:
 
