@@ -3,8 +3,9 @@ the tenant's rate limit lets the request through.
 
 `admit` is called by the tenant routes' dependency (`get_admission`) and by the cached
 reads answered before routing (app/api/cached_reads.py), so the two cannot disagree. In
-order: the token (401), the tenant claim and the tenant (403 tenant_not_found /
-tenant_suspended / tenant_deleted), the scope the method needs (403 insufficient_scope),
+order: the token (401), the tenant claim and the tenant (403 tenant_not_found; 401
+token_predates_tenant for a token issued before the tenant was created; 403
+tenant_deleted / tenant_suspended), the scope the method needs (403 insufficient_scope),
 the rate limit (429, or 503 when Redis is down and the limiter fails closed). A cached read
 passes the entry it will read, so counting the request and looking the entry up share one
 Redis round trip.
@@ -22,10 +23,11 @@ from starlette.datastructures import State
 from app.api.dependencies.auth import Principal, authenticate, bearer_scheme, check_scopes
 from app.api.middleware import add_response_headers
 from app.core.context import tenant_var
-from app.core.errors import Forbidden, TenantNotFoundForToken
+from app.core.errors import Forbidden, TenantNotFoundForToken, TokenPredatesTenant
 from app.services.cache import Prefetched, TenantCache
 from app.services.cache_entries import CacheKey
 from app.services.rate_limiter import RateLimitState, TenantRateLimiter
+from app.services.tenant_keys import TenantKeys
 from app.services.tenants import Tenant, TenantRegistry, Unknown
 
 READ_SCOPES = ("api:read", "api:write")
@@ -47,7 +49,7 @@ class RateLimitedTenant(Protocol):
     """What counting a request needs of a tenant (the registry's Tenant has it)."""
 
     @property
-    def slug(self) -> str: ...
+    def keys(self) -> TenantKeys: ...
 
     @property
     def rate_limit(self) -> str | None: ...
@@ -85,10 +87,10 @@ async def count_request(
     the state is None when it did not answer and the limiter fails open."""
     limiter: TenantRateLimiter = state.rate_limiter
     cache: TenantCache = state.cache
-    if lookup is None or not cache.ready(tenant.slug):
-        return await limiter.check(tenant.slug, tenant.rate_limit), None
+    if lookup is None or not cache.ready(tenant.keys):
+        return await limiter.check(tenant.keys, tenant.rate_limit), None
     prefetched = await cache.count_and_lookup(
-        limiter.count_for(tenant.slug, tenant.rate_limit), lookup
+        limiter.count_for(tenant.keys, tenant.rate_limit), lookup
     )
     if prefetched.counted is None:  # Redis did not answer
         assert prefetched.error is not None
@@ -98,8 +100,14 @@ async def count_request(
 
 
 async def _tenant_of(registry: TenantRegistry, principal: Principal) -> Tenant:
-    """The caller's tenant: it must exist and be active. Checked before scopes, so an admin
-    token without a tenant claim gets `tenant_not_found` on the tenant API."""
+    """The caller's tenant: it must exist, be the one the token was issued for, and be
+    active. Checked before scopes, so an admin token without a tenant claim gets
+    `tenant_not_found` on the tenant API.
+
+    A token issued (`iat`) before the tenant was created, less the leeway, was issued for an
+    earlier tenant of the same slug (deleted since): 401 token_predates_tenant. A token
+    without `iat` cannot be placed in time and is accepted (CONTRACT: `iat` is checked when
+    present); issuers should set it (README, "Authentication")."""
     if principal.tenant is None:
         raise TenantNotFoundForToken("The token names no tenant.")
     tenant = registry.peek(principal.tenant)
@@ -108,6 +116,12 @@ async def _tenant_of(registry: TenantRegistry, principal: Principal) -> Tenant:
     if tenant is None:
         raise TenantNotFoundForToken("The token's tenant does not exist.")
     tenant_var.set(tenant.slug)
+    issued_at = principal.issued_at
+    if issued_at is not None and issued_at < tenant.created_at - registry.token_leeway:
+        raise TokenPredatesTenant(
+            "The token was issued before its tenant was created; it was meant for an "
+            "earlier tenant of that slug."
+        )
     if tenant.status == "deleted":
         raise TenantDeletedForToken("This tenant is deleted.")
     if tenant.status != "active":

@@ -109,7 +109,7 @@ async def read_through(state: State, admitted: Admitted, read: CachedRead) -> Ca
 
     cache: TenantCache = state.cache
     return await cache.get_or_load(
-        tenant.slug, read.key, load_in_tenant_transaction, admitted.prefetched
+        tenant.keys, read.key, load_in_tenant_transaction, admitted.prefetched
     )
 
 

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 _DESCRIPTIONS = {
     304: "Not modified (If-None-Match matched the current ETag)",
     400: "Bad request (malformed JSON or header)",
-    401: "No token, or an invalid one (`not_authenticated`, `invalid_token`)",
+    401: "No token, or an invalid one (`not_authenticated`, `invalid_token`, "
+    "`token_predates_tenant`: on the tenant API, issued before its tenant was created)",
     403: "Token valid but not allowed (`insufficient_scope`, `tenant_not_found`, "
     "`tenant_suspended`, `tenant_deleted`)",
     404: "Not found",

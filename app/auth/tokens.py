@@ -43,6 +43,7 @@ class Claims:
     tenant: str | None
     scopes: frozenset[str]
     expires_at: float
+    issued_at: float | None  # `iat`, when the token has one
     raw: Mapping[str, Any] = field(compare=False, hash=False, repr=False)
 
 
@@ -140,7 +141,8 @@ class TokenVerifier:
             subject=subject,
             tenant=tenant,
             scopes=_scopes(raw),
-            expires_at=float(raw["exp"]),
+            expires_at=_numeric_date(raw, "exp"),
+            issued_at=None if raw.get("iat") is None else _numeric_date(raw, "iat"),
             raw=MappingProxyType(raw),
         )
 
@@ -206,6 +208,15 @@ def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> dict[st
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES):
         raise InvalidToken("The bearer token's typ is not an access token type.")
     return header
+
+
+def _numeric_date(raw: Mapping[str, Any], name: str) -> float:
+    """A time claim joserfc has validated as a NumericDate, as a float; an integer too large
+    for one is refused rather than answered with a 500."""
+    try:
+        return float(raw[name])
+    except OverflowError:
+        raise InvalidToken(f"The bearer token's {name} claim is out of range.") from None
 
 
 def _scopes(raw: Mapping[str, Any]) -> frozenset[str]:

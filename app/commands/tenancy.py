@@ -14,6 +14,7 @@ from app.db.engine import build_engine
 from app.db.migrate import FleetReport, migrate_shared, migrate_tenants
 from app.redis.client import build_redis
 from app.services.cache import TenantCache
+from app.services.tenant_keys import TenantKeys
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,18 +71,20 @@ async def _migrate_async(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     print_report(report, time.monotonic() - started)
-    await drop_cached_reads(settings, report.migrated)
+    await drop_cached_reads(
+        settings, [TenantKeys(slug, report.ids[slug]) for slug in report.migrated]
+    )
     return 0 if report.ok else 1
 
 
-async def drop_cached_reads(settings: Settings, slugs: list[str]) -> None:
+async def drop_cached_reads(settings: Settings, tenants: list[TenantKeys]) -> None:
     """Bump the cache generation of tenants whose data just changed outside a request (a
-    migration, or a slug given to a new tenant): their cached responses may predate it.
+    migration): their cached responses may predate it.
 
     Redis being unreachable never fails the command; the entries then expire within
     CACHE_TTL_SECONDS.
     """
-    if not slugs:
+    if not tenants:
         return
     redis = build_redis(settings)
     cache = TenantCache(
@@ -90,11 +93,11 @@ async def drop_cached_reads(settings: Settings, slugs: list[str]) -> None:
         timeout_seconds=settings.redis_timeout_seconds,
     )
     try:
-        for done, slug in enumerate(slugs):
-            if await cache.bump_generation(slug) is None:
+        for done, tenant in enumerate(tenants):
+            if await cache.bump_generation(tenant) is None:
                 # One timeout, not one per tenant: the rest would fail the same way.
                 print(
-                    f"warning: Redis unreachable; cached reads of {len(slugs) - done} "
+                    f"warning: Redis unreachable; cached reads of {len(tenants) - done} "
                     "tenant(s) expire within CACHE_TTL_SECONDS instead",
                     file=sys.stderr,
                 )
@@ -171,7 +174,8 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
         return 1
     finally:
         await engine.dispose()
-    await drop_cached_reads(settings, [record.slug])  # as the admin API does
+    # No cache work, so no Redis needed: the new tenant's keys carry its own id, which no
+    # entry of a deleted tenant of the same slug shares (decision 0022).
     print(f"tenant {record.slug} created: schema {record.schema} at {record.schema_version}")
     return 0
 
@@ -204,7 +208,9 @@ async def _purge_tenants_async(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     # After the commit, best effort: what the tenants had cached can no longer be reached.
-    await drop_cached_reads(settings, [record.slug for record in report.purged])
+    await drop_cached_reads(
+        settings, [TenantKeys(record.slug, record.id) for record in report.purged]
+    )
     for record in report.purged:
         print(f"tenant {record.slug} purged: schema {record.schema} and role dropped")
     for slug, error in sorted(report.failed.items()):

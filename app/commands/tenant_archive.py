@@ -78,7 +78,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 async def _import_async(args: argparse.Namespace) -> int:
-    from app.commands.tenancy import drop_cached_reads
     from app.services.archive import import_tenant
 
     if args.slug is not None and (problem := slug_problem(args.slug)):
@@ -98,7 +97,6 @@ async def _import_async(args: argparse.Namespace) -> int:
     finally:
         source.close()
         await engine.dispose()
-    await drop_cached_reads(settings, [record.slug])  # as the admin API does
     print(f"tenant {record.slug} imported: schema {record.schema} at {record.schema_version}")
     return 0
 

@@ -54,6 +54,13 @@ class InvalidToken(BearerChallenge):
     challenge = 'Bearer error="invalid_token"'
 
 
+class TokenPredatesTenant(InvalidToken):
+    """401 `token_predates_tenant`: the token was issued (`iat`) before its tenant was
+    created, less AUTH_LEEWAY_SECONDS, so it was meant for an earlier tenant of that slug."""
+
+    code = "token_predates_tenant"
+
+
 class Forbidden(TesseraError):
     status, code = 403, "forbidden"
 

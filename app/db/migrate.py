@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -202,6 +203,7 @@ class FleetReport:
     migrated: list[str] = field(default_factory=list)
     current: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, uuid.UUID] = field(default_factory=dict)  # slug -> id, of those looked at
 
     @property
     def ok(self) -> bool:
@@ -227,7 +229,7 @@ async def migrate_tenants(
     """
     script = load_script(script_dir)
     head = script.get_current_head()
-    query = select(tenants.c.slug, tenants.c.schema, tenants.c.schema_version).where(
+    query = select(tenants.c.id, tenants.c.slug, tenants.c.schema, tenants.c.schema_version).where(
         tenants.c.status != "provisioning"
     )
     wanted = list(slugs) if slugs is not None else None
@@ -236,7 +238,7 @@ async def migrate_tenants(
     async with engine.connect() as conn:
         rows = (await conn.execute(query.order_by(tenants.c.slug))).all()
 
-    report = FleetReport(head=head)
+    report = FleetReport(head=head, ids={row.slug: row.id for row in rows})
     if wanted is not None:
         for missing in sorted(set(wanted) - {row.slug for row in rows}):
             report.failed[missing] = "no such tenant"

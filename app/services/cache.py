@@ -1,22 +1,26 @@
 """Read-through cache of tenant GET responses in Redis, keyed per tenant and per generation.
 
-Key layout (the braces are the Redis Cluster hash tag: every key of a tenant on one slot):
+Key layout. Every key starts with the tenant's prefix, `tessera:{acme}:<id>:` (id: the
+tenant's immutable id in hex; the braces are the Redis Cluster hash tag, so every key of a
+tenant is on one slot; app/services/tenant_keys.py builds it):
 
-    tessera:{acme}:gen                          the tenant's generation; a bump drops everything
-    tessera:{acme}:ver:<collection>             a collection's version; a change drops its pages
-    tessera:{acme}:ver:<collection>:<id>        one resource's version
-    tessera:{acme}:<gen>:<collection>:<id>@<ver>         one resource
-    tessera:{acme}:<gen>:<collection>@<ver>:<query>      one page of a collection's listing
+    tessera:{acme}:<id>:gen                     the generation; a bump drops everything
+    tessera:{acme}:<id>:ver:<collection>        a collection's version; a change drops its pages
+    tessera:{acme}:<id>:ver:<collection>:<rid>  one resource's version
+    tessera:{acme}:<id>:<gen>:<collection>:<rid>@<ver>    one resource
+    tessera:{acme}:<id>:<gen>:<collection>@<ver>:<query>  one page of a collection's listing
 
 Invalidating never deletes an entry: it gives the version a new random value, so readers
 look elsewhere and the old entry expires with its TTL. An entry is stored only if the
 generation and version are still the ones its lookup saw (compare-and-set in one script),
 so a read that loaded old data while a write committed can never publish it afterwards.
 
-The generation is a counter that never expires (it also separates a deleted tenant from a
-new one with the same slug). Versions expire 2 x CACHE_TTL_SECONDS after their last change:
-an absent version reads as "0" again, which is safe because every entry stored under "0"
-was stored before the first change and has expired by then; random values never recur.
+A tenant created under the slug of a deleted one has another id, so it never reads the old
+tenant's entries, whether or not the delete's generation bump reached Redis (decision 0022).
+The generation is a counter that never expires. Versions expire 2 x CACHE_TTL_SECONDS after
+their last change: an absent version reads as "0" again, which is safe because every entry
+stored under "0" was stored before the first change and has expired by then; random values
+never recur.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from app.services.cache_entries import (
     version_key,
 )
 from app.services.rate_limiter import Count
+from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.cache")
 
@@ -72,8 +77,8 @@ class Prefetched:
     error: BaseException | None = None  # why Redis did not answer
 
     @property
-    def tenant_slug(self) -> str:
-        return self.count.tenant_slug
+    def tenant(self) -> TenantKeys:
+        return self.count.tenant
 
     @property
     def allowed(self) -> bool:
@@ -112,15 +117,16 @@ class TenantCache:
         # predate a committed write. Their next use of the cache on this replica bumps the
         # generation first, and reads bypass the cache until that bump gets through, so a
         # client reads its own writes back even across a Redis blip or restart.
+        # By prefix: a str caches its hash, so the hot path's membership test stays cheap.
         self._unflushed: set[str] = set()
 
     @property
     def enabled(self) -> bool:
         return self.ttl_ms > 0
 
-    def ready(self, tenant_slug: str) -> bool:
+    def ready(self, tenant: TenantKeys) -> bool:
         """Whether the tenant's entries can be looked up as they are (no flush owed first)."""
-        return self.ttl_ms > 0 and tenant_slug not in self._unflushed
+        return self.ttl_ms > 0 and tenant.prefix not in self._unflushed
 
     async def count_and_lookup(self, count: Count, key: CacheKey | None) -> Prefetched:
         """Count the request (`count`, from the rate limiter) and look `key` up (unless it
@@ -130,7 +136,7 @@ class TenantCache:
         keys: list[str] = list(count.keys)
         args: list[Any] = [len(count.keys), *count.args]
         if key is not None:
-            gen_key, ver_key, lookup_args = lookup_inputs(count.tenant_slug, key)
+            gen_key, ver_key, lookup_args = lookup_inputs(count.tenant, key)
             keys += [gen_key, ver_key]
             args += lookup_args
         try:
@@ -145,7 +151,7 @@ class TenantCache:
 
     async def get_or_load(
         self,
-        tenant_slug: str,
+        tenant: TenantKeys,
         key: CacheKey,
         load: Callable[[], Awaitable[CachedResponse]],
         prefetched: Prefetched | None = None,
@@ -159,13 +165,13 @@ class TenantCache:
         if not self.enabled:
             return await load()
         try:
-            lookup, raw = await self._looked_up(tenant_slug, key, prefetched)
+            lookup, raw = await self._looked_up(tenant, key, prefetched)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
             self.on_result("error")
             # Still one load per entry in this process: an outage must not also turn
             # into a stampede on PostgreSQL.
-            return await self._single_flight(f"bypass|{tenant_slug}|{key}", load, None)
+            return await self._single_flight(f"bypass|{tenant.prefix}|{key}", load, None)
         self.outages.failing = False  # Redis answered
         if raw is not None:
             self.on_result("hit")
@@ -173,7 +179,7 @@ class TenantCache:
         self.on_result("miss")
         return await self._single_flight(lookup.entry_key, load, lookup)
 
-    async def invalidate(self, tenant_slug: str, *keys: CacheKey) -> None:
+    async def invalidate(self, tenant: TenantKeys, *keys: CacheKey) -> None:
         """Drop what a write touched, once it has committed and before its response is sent.
 
         A resource key drops that one entry; a page key (or `CacheKey.pages`) drops every
@@ -184,11 +190,11 @@ class TenantCache:
         """
         if not self.enabled or not keys:
             return
-        redis_keys = sorted({version_key(tenant_slug, k.versioned) for k in keys})
+        redis_keys = sorted({version_key(tenant, k.versioned) for k in keys})
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                if tenant_slug in self._unflushed:
-                    await self._flush(tenant_slug)  # wider than these keys: covers them
+                if tenant.prefix in self._unflushed:
+                    await self._flush(tenant)  # wider than these keys: covers them
                 else:
                     await self._invalidate(
                         keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
@@ -196,38 +202,38 @@ class TenantCache:
             self.outages.failing = False
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
-            self._unflushed.add(tenant_slug)
+            self._unflushed.add(tenant.prefix)
 
-    async def bump_generation(self, tenant_slug: str) -> int | None:
-        """Drop every entry of the tenant at once (a project or the tenant deleted, a tenant
-        created under the slug, a migration).
+    async def bump_generation(self, tenant: TenantKeys) -> int | None:
+        """Drop every entry of the tenant at once (a project deleted, a migration, or the
+        tenant deleted: there only as cleanup, since no later tenant shares its keys).
 
         Done even when this process has the cache off: other replicas, or this one after a
-        restart, may have it on, and a new tenant with the same slug must never see these
-        entries. Returns the new generation, or None when Redis could not be reached.
+        restart, may have it on. Returns the new generation, or None when Redis could not be
+        reached.
         """
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                return await self._flush(tenant_slug)
+                return await self._flush(tenant)
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)
-            self._unflushed.add(tenant_slug)
+            self._unflushed.add(tenant.prefix)
             return None
 
-    async def _flush(self, tenant_slug: str) -> int:
-        generation = int(await self.redis.incr(generation_key(tenant_slug)))
-        self._unflushed.discard(tenant_slug)
+    async def _flush(self, tenant: TenantKeys) -> int:
+        generation = int(await self.redis.incr(generation_key(tenant)))
+        self._unflushed.discard(tenant.prefix)
         self.outages.failing = False
         return generation
 
     async def _looked_up(
-        self, tenant_slug: str, key: CacheKey, prefetched: Prefetched | None
+        self, tenant: TenantKeys, key: CacheKey, prefetched: Prefetched | None
     ) -> tuple[_Lookup, bytes | None]:
         if (
             prefetched is not None
-            and prefetched.tenant_slug == tenant_slug
+            and prefetched.tenant.prefix == tenant.prefix
             and prefetched.key == key
-            and tenant_slug not in self._unflushed
+            and tenant.prefix not in self._unflushed
         ):
             if prefetched.error is not None:
                 raise prefetched.error
@@ -235,12 +241,12 @@ class TenantCache:
                 return prefetched.lookup, prefetched.entry
             # counted without a lookup: look up now
         async with asyncio.timeout(self.timeout_seconds):
-            if tenant_slug in self._unflushed:
-                await self._flush(tenant_slug)
-            return await self._run_lookup(tenant_slug, key)
+            if tenant.prefix in self._unflushed:
+                await self._flush(tenant)
+            return await self._run_lookup(tenant, key)
 
-    async def _run_lookup(self, tenant_slug: str, key: CacheKey) -> tuple[_Lookup, bytes | None]:
-        gen_key, ver_key, lookup_args = lookup_inputs(tenant_slug, key)
+    async def _run_lookup(self, tenant: TenantKeys, key: CacheKey) -> tuple[_Lookup, bytes | None]:
+        gen_key, ver_key, lookup_args = lookup_inputs(tenant, key)
         entry_key, raw, generation, version = await self._lookup(
             keys=[gen_key, ver_key], args=lookup_args
         )

@@ -1,12 +1,14 @@
 """What the tenant cache stores and where: entry keys (CacheKey), entries (CachedResponse), and
-the Redis keys of a tenant's generation and versions, all under the tenant's `{slug}` hash
-tag."""
+the Redis keys of a tenant's generation and versions, all under the tenant's prefix
+(`tessera:{<slug>}:<id hex>:`, app/services/tenant_keys.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
+
+from app.services.tenant_keys import TenantKeys
 
 _NAME = re.compile(r"^[A-Za-z0-9_./-]{1,200}$")
 
@@ -74,27 +76,23 @@ class CachedResponse:
         return cls(body=body, status=int(head["s"]), media_type=str(head["t"]), etag=head["e"])
 
 
-def tenant_prefix(tenant_slug: str) -> str:
-    return f"tessera:{{{tenant_slug}}}:"
+def generation_key(tenant: TenantKeys) -> str:
+    return f"{tenant.prefix}gen"
 
 
-def generation_key(tenant_slug: str) -> str:
-    return f"{tenant_prefix(tenant_slug)}gen"
-
-
-def version_key(tenant_slug: str, versioned: str) -> str:
+def version_key(tenant: TenantKeys, versioned: str) -> str:
     """The version of a collection's pages (`projects`) or of one resource (`projects:<id>`)."""
-    return f"{tenant_prefix(tenant_slug)}ver:{versioned}"
+    return f"{tenant.prefix}ver:{versioned}"
 
 
-def lookup_inputs(tenant_slug: str, key: CacheKey) -> tuple[str, str, list[str]]:
+def lookup_inputs(tenant: TenantKeys, key: CacheKey) -> tuple[str, str, list[str]]:
     """The generation and version keys of a lookup, and its three arguments."""
     if key.is_page:
         what, tail = key.collection, f":{key.query}"
     else:
         what, tail = f"{key.collection}:{key.resource_id}", ""
     return (
-        generation_key(tenant_slug),
-        version_key(tenant_slug, key.versioned),
-        [tenant_prefix(tenant_slug), what, tail],
+        generation_key(tenant),
+        version_key(tenant, key.versioned),
+        [tenant.prefix, what, tail],
     )

@@ -22,6 +22,7 @@ from limits import RateLimitItem, parse_many
 from app.core.errors import RateLimited, ServiceUnavailable
 from app.redis import scripts
 from app.redis.client import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
+from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.rate_limit")
 
@@ -100,18 +101,19 @@ def parse_windows(limit: str) -> tuple[Window, ...]:
     return tuple(Window(amount, seconds) for seconds, amount in sorted(strictest.items()))
 
 
-def window_key(tenant_slug: str, window: Window) -> str:
+def window_key(tenant: TenantKeys, window: Window) -> str:
     # The counter is per window length, not per amount: a plan change from 100/minute to
-    # 1000/minute keeps what was already used in the running minute. `{slug}` is the
-    # Redis Cluster hash tag that keeps every key of a tenant on one slot.
-    return f"tessera:{{{tenant_slug}}}:rl:{window.seconds}s"
+    # 1000/minute keeps what was already used in the running minute. Under the tenant's
+    # prefix (its `{slug}` hash tag and its id): a tenant created under a deleted one's slug
+    # starts with fresh windows.
+    return f"{tenant.prefix}rl:{window.seconds}s"
 
 
 @dataclass(frozen=True, slots=True)
 class Count:
     """One request to count: the tenant's windows, and the keys and args of count_request."""
 
-    tenant_slug: str
+    tenant: TenantKeys
     windows: tuple[Window, ...]
     keys: list[str]
     args: list[int]
@@ -154,24 +156,24 @@ class TenantRateLimiter:
                 logger.warning("tenant rate limit %r is not valid; using the default", limit)
         return parse_windows(self.default_limit)
 
-    def count_for(self, tenant_slug: str, limit: str | None) -> Count:
+    def count_for(self, tenant: TenantKeys, limit: str | None) -> Count:
         """What counting one request of the tenant against `limit` (else the default) takes."""
         windows = self.windows_for(limit)
         return Count(
-            tenant_slug=tenant_slug,
+            tenant=tenant,
             windows=windows,
-            keys=[window_key(tenant_slug, window) for window in windows],
+            keys=[window_key(tenant, window) for window in windows],
             args=[w.amount for w in windows] + [w.seconds * 1000 for w in windows],
         )
 
-    async def check(self, tenant_slug: str, limit: str | None) -> RateLimitState | None:
+    async def check(self, tenant: TenantKeys, limit: str | None) -> RateLimitState | None:
         """Count one request of the tenant against `limit` (else the default).
 
         Returns the state for the response headers, or None when Redis could not answer
         and the limiter fails open. Raises RateLimitExceeded (429) when over the limit and
         RateLimiterUnavailable (503) when Redis could not answer and fail_open is false.
         """
-        count = self.count_for(tenant_slug, limit)
+        count = self.count_for(tenant, limit)
         try:
             raw = await within(self._own_timeout, self._script(keys=count.keys, args=count.args))
         except REDIS_UNAVAILABLE_ERRORS as exc:
@@ -186,7 +188,7 @@ class TenantRateLimiter:
         self.outages.failing = False  # Redis answered
         state = _binding_state(count.windows, raw, now=time.time())
         if not state.allowed:
-            self.on_rejection(count.tenant_slug)
+            self.on_rejection(count.tenant.slug)  # metrics are labelled by slug
             raise RateLimitExceeded(state)
         return state
 

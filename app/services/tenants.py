@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services import admin_audit
 from app.services.admin_audit import SYSTEM_ACTOR
 from app.services.pagination import created, cut_page, decode_cursor
+from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.tenants")
 
@@ -46,7 +48,9 @@ class TenantDeleted(Conflict):
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
-    """A tenant as the request path sees it."""
+    """A tenant as the request path sees it: `keys` places it in Redis (by id, not only by
+    slug), `created_at` is when it was created, in Unix seconds cut to the whole second as a
+    token's `iat` is (admission refuses tokens issued before it)."""
 
     id: uuid.UUID
     slug: str
@@ -55,6 +59,8 @@ class Tenant:
     status: str
     rate_limit: str
     location: TenantSchema
+    keys: TenantKeys
+    created_at: float
 
     @classmethod
     def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
@@ -66,6 +72,8 @@ class Tenant:
             status=record.status,
             rate_limit=record.rate_limit or default_rate_limit,
             location=TenantSchema(schema=record.schema, role=record.db_role),
+            keys=TenantKeys(record.slug, record.id),
+            created_at=float(math.floor(record.created_at.timestamp())),
         )
 
 
@@ -97,6 +105,9 @@ class TenantRegistry:
         self._can_listen = settings.listen_dsn is not None
         self._timeout = settings.db_request_timeout_seconds
         self._default_rate_limit = settings.rate_limit_default
+        # Admission refuses a token issued before its tenant's created_at less this; kept
+        # here, beside the tenants, so the check costs no settings lookup per request.
+        self.token_leeway = float(settings.auth_leeway_seconds)
         # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
         self._entries: dict[str, tuple[float, Tenant | None, int | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}

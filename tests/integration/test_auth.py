@@ -139,6 +139,18 @@ async def test_token_for_someone_else_is_401_invalid_token(
     assert_problem(response, 401, "invalid_token", INVALID)
 
 
+@pytest.mark.parametrize(
+    "overrides", [{"exp": 10**400}, {"iat": -(10**400)}], ids=["exp_too_late", "iat_too_early"]
+)
+async def test_a_time_claim_too_large_for_a_float_is_401_invalid_token(
+    probe_client: httpx.AsyncClient, make_token: MakeToken, overrides: dict[str, object]
+) -> None:
+    """A NumericDate may be any JSON number; one no float can hold is refused, not a 500."""
+    response = await probe_client.get("/_probe/tenant", headers=bearer(make_token(**overrides)))
+    body = assert_problem(response, 401, "invalid_token", INVALID)
+    assert "out of range" in str(body["detail"])
+
+
 async def test_malformed_token_is_401_invalid_token(probe_client: httpx.AsyncClient) -> None:
     response = await probe_client.get("/_probe/tenant", headers=bearer("not-a-jwt"))
     assert_problem(response, 401, "invalid_token", INVALID)

@@ -29,6 +29,7 @@ from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
 from app.services.cache_entries import CacheKey
+from app.services.tenant_keys import TenantKeys
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter, parse_samples, value
 from tests.redis_layer.redis_servers import RedisProcess, free_port, start_redis, stop_redis
@@ -310,13 +311,13 @@ async def test_writes_invalidate_after_their_commit_and_failed_ones_not_at_all(
                 text("SELECT name FROM projects WHERE id = :id"), {"id": project["id"]}
             )
 
-    async def observed_invalidate(slug: str, *keys: CacheKey) -> None:
+    async def observed_invalidate(keys_of: TenantKeys, *keys: CacheKey) -> None:
         seen.append(("invalidate", await committed_name()))
-        await invalidate(slug, *keys)
+        await invalidate(keys_of, *keys)
 
-    async def observed_bump(slug: str) -> int | None:
+    async def observed_bump(keys_of: TenantKeys) -> int | None:
         seen.append(("bump", await committed_name()))
-        return await bump_generation(slug)  # type: ignore[no-any-return]
+        return await bump_generation(keys_of)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(cache, "invalidate", observed_invalidate)
     monkeypatch.setattr(cache, "bump_generation", observed_bump)
@@ -351,9 +352,9 @@ async def test_an_idempotent_replay_invalidates_nothing(
     invalidate = cache.invalidate
     calls: list[tuple[CacheKey, ...]] = []
 
-    async def counted(slug: str, *keys: CacheKey) -> None:
+    async def counted(keys_of: TenantKeys, *keys: CacheKey) -> None:
         calls.append(keys)
-        await invalidate(slug, *keys)
+        await invalidate(keys_of, *keys)
 
     monkeypatch.setattr(cache, "invalidate", counted)
     keyed = {**headers, "Idempotency-Key": f"k-{uuid.uuid4()}"}
@@ -379,7 +380,8 @@ async def test_zero_ttl_reads_from_the_database_and_keeps_nothing_in_redis(
         assert meter.delta() == {"hit": 0, "miss": 0, "error": 0}
         keys = [k async for k in redis_client.scan_iter(match=f"tessera:{{{tenant.slug}}}:*")]
         # Only the limiter's window counter: no entries, versions or generation.
-        assert [k.decode() for k in keys] == [f"tessera:{{{tenant.slug}}}:rl:60s"]
+        prefix = TenantKeys(tenant.slug, tenant.id).prefix
+        assert [k.decode() for k in keys] == [f"{prefix}rl:60s"]
 
 
 async def test_a_new_tenant_with_a_deleted_tenants_slug_never_reads_its_entries(
@@ -404,6 +406,9 @@ async def test_a_new_tenant_with_a_deleted_tenants_slug_never_reads_its_entries(
 
     body = {"slug": slug, "name": "Second"}
     assert (await client.post("/admin/v1/tenants", json=body, headers=admin)).status_code == 201
+    # A token of the new tenant (one of the old tenant's is refused once it is older than the
+    # new tenant: tests/integration/test_tenant_identity.py).
+    headers = {"Authorization": f"Bearer {make_token(tenant=slug)}"}
     assert (await client.get("/v1/projects", headers=headers)).json()["items"] == []
 
 
@@ -571,7 +576,8 @@ async def test_redis_stopped_mid_run_then_started_again_on_the_same_port(
         # with it, and must not be served; caching and limiting resume by themselves.
         redis_server.start()
         with redis.Redis(port=redis_server.port) as direct:
-            old_entries = direct.keys(f"tessera:{{{tenant.slug}}}:0:projects:{project['id']}@*")
+            prefix = TenantKeys(tenant.slug, tenant.id).prefix
+            old_entries = direct.keys(f"{prefix}0:projects:{project['id']}@*")
         assert len(old_entries) == 1
         response = await until_cached_and_limited(call, url)
         assert response.json()["name"] == "during"

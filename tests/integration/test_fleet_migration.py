@@ -19,6 +19,7 @@ from app.core.config import Settings
 from app.db.migrate import TENANT_DIR, migrate_tenants
 from app.db.repositories.tenants import TenantRecord
 from app.services import provisioning
+from app.services.tenant_keys import TenantKeys
 from tests.factories import post_project
 from tests.metrics_support import CacheMeter
 
@@ -178,7 +179,7 @@ async def test_tessera_migrate_drops_the_cached_reads_of_the_tenants_it_migrated
             text("UPDATE platform.tenants SET schema_version = NULL WHERE slug = :slug"),
             {"slug": tenant.slug},
         )
-    generation_key = f"tessera:{{{tenant.slug}}}:gen"
+    generation_key = f"{TenantKeys(tenant.slug, tenant.id).prefix}gen"
     before = int(await redis_client.get(generation_key) or 0)
     result = await asyncio.to_thread(
         subprocess.run,

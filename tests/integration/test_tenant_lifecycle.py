@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db.repositories.tenants import TenantRecord
+from app.services import cache_entries
 from app.services import tenant_lifecycle as lifecycle
 from app.services import tenants as service
+from app.services.tenant_keys import TenantKeys
 from app.services.tenants import TenantNotFound
 from tests.factories import make_tenant, post_project
 from tests.integration.test_fleet_migration import cli_env
@@ -318,7 +320,7 @@ async def test_purge_command_purges_due_tenants_and_drops_their_cached_reads(
 ) -> None:
     due = await deleted_tenant(engine, settings, past_grace=True)
     waiting = await deleted_tenant(engine, settings)
-    generation_key = f"tessera:{{{due.slug}}}:gen"
+    generation_key = cache_entries.generation_key(TenantKeys(due.slug, due.id))
     before = int(await redis_client.get(generation_key) or 0)
 
     result = await asyncio.to_thread(tessera, database_url, settings)

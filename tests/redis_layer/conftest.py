@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from app.redis.client import build_redis
+from app.services.tenant_keys import TenantKeys
 from tests.redis_layer.redis_servers import (
     ISSUED_SLUGS,
     REDIS_URL,
@@ -20,6 +21,7 @@ from tests.redis_layer.redis_servers import (
     TestCluster,
     free_port,
     new_slug,
+    new_tenant,
     redis_settings,
     start_cluster,
     start_redis,
@@ -30,6 +32,12 @@ from tests.redis_layer.redis_servers import (
 @pytest.fixture
 def slug() -> str:
     return new_slug()
+
+
+@pytest.fixture
+def tenant_keys() -> TenantKeys:
+    """An invented tenant as the cache and the rate limiter take it (slug and id)."""
+    return new_tenant()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from app.core.config import Settings
+from app.services.tenant_keys import TenantKeys
 from tests.servers import free_port
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -49,6 +50,11 @@ def new_slug() -> str:
     slug = f"t{uuid.uuid4().hex[:12]}"
     ISSUED_SLUGS.append(slug)
     return slug
+
+
+def new_tenant() -> TenantKeys:
+    """An invented tenant as Redis sees it: a fresh slug and id."""
+    return TenantKeys(new_slug(), uuid.uuid4())
 
 
 @dataclass

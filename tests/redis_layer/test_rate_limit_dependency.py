@@ -3,6 +3,7 @@ every response, 429, 503."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -17,19 +18,24 @@ from app.api.middleware import add_response_headers
 from app.core.config import Settings
 from app.core.errors import NotFound
 from app.main import create_app
+from app.services.tenant_keys import TenantKeys
 from tests.redis_layer.redis_servers import REDIS_URL, new_slug
 
 
 @dataclass
 class FakeTenant:
-    slug: str
+    keys: TenantKeys
     rate_limit: str
+
+
+# One id per invented slug, as the registry would give each tenant.
+IDS: dict[str, uuid.UUID] = {}
 
 
 async def tenant_from_header(
     x_tenant: Annotated[str, Header()], x_limit: Annotated[str, Header()]
 ) -> FakeTenant:
-    return FakeTenant(x_tenant, x_limit)
+    return FakeTenant(TenantKeys(x_tenant, IDS.setdefault(x_tenant, uuid.uuid4())), x_limit)
 
 
 async def rate_limited(

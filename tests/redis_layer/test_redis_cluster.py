@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from app.services.cache_entries import CachedResponse, CacheKey
 from app.services.rate_limiter import RateLimitExceeded, TenantRateLimiter
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter
-from tests.redis_layer.redis_servers import new_slug, redis_settings
+from tests.redis_layer.redis_servers import new_slug, new_tenant, redis_settings
 from tests.support import assert_problem, running_app
 
 
@@ -35,11 +36,11 @@ async def test_limiter_counts_across_two_cluster_clients(
         for c in (cluster_client, other)
     ]
     # Tenants land on different slots (and so nodes); each gets exactly its own limit.
-    for slug in [new_slug() for _ in range(6)]:
+    for tenant in [new_tenant() for _ in range(6)]:
         allowed = 0
         for attempt in range(8):
             try:
-                await limiters[attempt % 2].check(slug, "4/minute;100/hour")
+                await limiters[attempt % 2].check(tenant, "4/minute;100/hour")
                 allowed += 1
             except RateLimitExceeded:
                 pass
@@ -57,18 +58,18 @@ async def test_cache_hits_invalidates_and_bumps_on_a_cluster(cluster_client: Any
         return CachedResponse(body=str(calls).encode())
 
     item, page = CacheKey.resource("projects", "p1"), CacheKey.page("projects", "limit=5")
-    for slug in [new_slug() for _ in range(4)]:
+    for tenant in [new_tenant() for _ in range(4)]:
         calls = 0
         for _ in range(2):
-            await cache.get_or_load(slug, item, load)
-            await cache.get_or_load(slug, page, load)
+            await cache.get_or_load(tenant, item, load)
+            await cache.get_or_load(tenant, page, load)
         assert calls == 2
-        await cache.invalidate(slug, item, CacheKey.pages("projects"))
-        await cache.get_or_load(slug, item, load)
-        await cache.get_or_load(slug, page, load)
+        await cache.invalidate(tenant, item, CacheKey.pages("projects"))
+        await cache.get_or_load(tenant, item, load)
+        await cache.get_or_load(tenant, page, load)
         assert calls == 4
-        await cache.bump_generation(slug)
-        assert (await cache.get_or_load(slug, item, load)).body == b"5"
+        await cache.bump_generation(tenant)
+        assert (await cache.get_or_load(tenant, item, load)).body == b"5"
 
 
 async def test_the_api_caches_invalidates_and_limits_on_a_cluster(
@@ -105,16 +106,19 @@ def test_a_tenant_keys_share_one_slot() -> None:
 
     from app.services.cache_entries import generation_key, version_key
     from app.services.rate_limiter import parse_windows, window_key
+    from app.services.tenant_keys import TenantKeys
 
-    slug = "acme-corp"
+    tenant = TenantKeys("acme-corp", uuid.uuid4())
     keys = [
-        generation_key(slug),
-        version_key(slug, "projects/p1/tasks"),
-        version_key(slug, "tasks:0b9c6d3e-1111-4222-8333-444455556666"),
-        f"tessera:{{{slug}}}:7:projects@3:limit=20",
-        *(window_key(slug, w) for w in parse_windows("10/second;600/minute")),
+        generation_key(tenant),
+        version_key(tenant, "projects/p1/tasks"),
+        version_key(tenant, "tasks:0b9c6d3e-1111-4222-8333-444455556666"),
+        f"{tenant.prefix}7:projects@3:limit=20",
+        *(window_key(tenant, w) for w in parse_windows("10/second;600/minute")),
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
+    # ...the slot of the slug alone: a tenant's slot does not change with its id.
+    assert key_slot(keys[0].encode()) == key_slot(b"{acme-corp}")
 
 
 async def test_a_stale_slot_map_follows_moved_and_is_asked_for_again(redis_cluster: str) -> None:

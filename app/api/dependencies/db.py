@@ -15,6 +15,7 @@ from app.api.dependencies.auth import Principal
 from app.db.executor import Executor
 from app.services.cache import TenantCache
 from app.services.cache_entries import CacheKey
+from app.services.tenant_keys import TenantKeys
 
 
 async def get_engine(request: Request) -> AsyncEngine:
@@ -40,11 +41,11 @@ class CacheInvalidation:
         """Drop every entry of the tenant (a generation bump), for changes too wide to list."""
         self.whole_tenant = True
 
-    async def apply(self, cache: TenantCache, tenant_slug: str) -> None:
+    async def apply(self, cache: TenantCache, tenant: TenantKeys) -> None:
         if self.whole_tenant:
-            await cache.bump_generation(tenant_slug)
+            await cache.bump_generation(tenant)
         elif self.keys:
-            await cache.invalidate(tenant_slug, *self.keys)
+            await cache.invalidate(tenant, *self.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIter
         tenant.location, timeout=state.settings.db_request_timeout_seconds
     ) as conn:
         yield TenantWrite(conn, admitted.principal, invalidation)
-    await invalidation.apply(state.cache, tenant.slug)
+    await invalidation.apply(state.cache, tenant.keys)
 
 
 TenantWork = Annotated[TenantWrite, Depends(get_tenant_write, scope="function")]

@@ -120,7 +120,7 @@ async def import_tenant(
         slug=slug,
         actor=admin.subject,
     )
+    # No cache work: the new tenant's Redis keys carry its own id (decision 0022).
     forget_tenant(request, record.slug)
-    await request.app.state.cache.bump_generation(record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
     return tenant_out(request, record)

@@ -25,6 +25,7 @@ from app.schemas.tenants import (
 from app.services import placement, provisioning, tenant_lifecycle
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
+from app.services.tenant_keys import TenantKeys
 from app.services.tenants import TenantRegistry
 
 router = APIRouter(
@@ -73,9 +74,8 @@ async def create_tenant(
     )
     metrics.observe_provisioning(time.perf_counter() - started)
     forget_tenant(request, record.slug)
-    # A slug may name a deleted tenant whose generation bump never reached Redis: a new
-    # generation keeps the new tenant from ever reading the old one's entries.
-    await request.app.state.cache.bump_generation(record.slug)
+    # No cache work: a slug may have named a deleted tenant, but its Redis keys carry its
+    # id, which the new tenant does not share (docs/decisions/0022-tenant-identity-in-keys.md).
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
     return tenant_out(request, record)
 
@@ -241,7 +241,11 @@ async def delete_tenant(
     )
     forget_tenant(request, slug)
     if deletion.purged:
-        # Everything the tenant had cached goes at once (a generation bump); Redis being
-        # down only leaves entries that expire with their TTL and can no longer be reached.
-        await request.app.state.cache.bump_generation(slug)
+        # Cleanup: everything the tenant had cached becomes unreachable at once (a
+        # generation bump). Keeping a later tenant of this slug apart does not depend on
+        # it (its keys carry another id); Redis being down only leaves entries that expire
+        # with their TTL.
+        await request.app.state.cache.bump_generation(
+            TenantKeys(deletion.tenant.slug, deletion.tenant.id)
+        )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
