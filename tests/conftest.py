@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from app.devissuer import DevIssuer
 from app.main import create_app
 from app.services.provisioning import create_tenant
 from tests.factories import make_tenant
+from tests.redis_layer.redis_servers import RestartableRedis
 from tests.support import running_app
 
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -338,3 +340,12 @@ def admin(make_token: MakeToken) -> Headers:
 @pytest.fixture
 async def other_tenant(engine: AsyncEngine, settings: Settings) -> TenantRecord:
     return await make_tenant(engine, settings)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RestartableRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RestartableRedis(tmp_path)
+    yield server
+    server.stop()

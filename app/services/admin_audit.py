@@ -63,6 +63,20 @@ async def record(
     )
 
 
+async def record_done(
+    engine: AsyncEngine,
+    *,
+    actor: str,
+    action: str,
+    tenant: AuditedTenant,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """Record an admin action that committed by itself (a Citus move, an export's snapshot)
+    in a transaction of its own, once it is done."""
+    async with engine.begin() as conn:
+        await record(conn, actor=actor, action=action, tenant=tenant, changes=changes)
+
+
 async def list_events(
     engine: AsyncEngine, *, tenant_slug: str | None, limit: int, cursor: str | None
 ) -> tuple[list[AdminAuditEventRecord], str | None]:

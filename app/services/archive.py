@@ -87,14 +87,13 @@ async def export_tenant(
             exported_at=datetime.now(UTC),
             tables=tables,
         )
-        async with engine.begin() as conn:
-            await admin_audit.record(
-                conn,
-                actor=actor,
-                action="tenant.exported",
-                tenant=record,
-                changes={"archive": _summary(manifest)},
-            )
+        await admin_audit.record_done(
+            engine,
+            actor=actor,
+            action="tenant.exported",
+            tenant=record,
+            changes={"archive": _summary(manifest)},
+        )
     except BaseException:
         for spool in spools:
             spool.close()

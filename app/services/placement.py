@@ -84,14 +84,13 @@ async def move_tenant(
                     f"({citus.nodes_text(before)}): {exc.args[0] if exc.args else exc}"
                 ) from exc
     moved = {"node": {"from": citus.nodes_text(before), "to": str(target)}}
-    async with engine.begin() as audit_conn:
-        await admin_audit.record(
-            audit_conn,
-            actor=actor,
-            action="tenant.moved",
-            tenant=record,
-            changes=moved if before != [target] else {},
-        )
+    await admin_audit.record_done(
+        engine,
+        actor=actor,
+        action="tenant.moved",
+        tenant=record,
+        changes=moved if before != [target] else {},
+    )
     return TenantPlacement(
         slug=slug, schema=record.schema, node=str(target), previous_node=citus.nodes_text(before)
     )

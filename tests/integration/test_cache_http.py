@@ -7,12 +7,10 @@ What is cached: single projects and tasks, and pages of the project and task lis
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +30,7 @@ from app.services.cache_entries import CacheKey
 from app.services.tenant_keys import TenantKeys
 from tests.factories import post_project, post_task
 from tests.metrics_support import CacheMeter, parse_samples, value
-from tests.redis_layer.redis_servers import RedisProcess, free_port, start_redis, stop_redis
+from tests.redis_layer.redis_servers import RestartableRedis, free_port
 from tests.support import assert_problem, running_app
 
 Headers = dict[str, str]
@@ -462,42 +460,6 @@ async def until_within(
 
 
 # --- Redis faults ----------------------------------------------------------------------
-
-
-class RestartableRedis:
-    """A redis-server of the test's own, which it may stop, start again on the same port
-    (with its data: append-only file on), or freeze (SIGSTOP) without hurting others."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.process: RedisProcess | None = start_redis(directory, "--appendonly", "yes")
-        self.port = self.process.port
-        self.url = self.process.url
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_redis(self.process)
-            self.process = None
-
-    def start(self) -> None:
-        self.process = start_redis(self.directory, "--appendonly", "yes", port=self.port)
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.freeze()
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.thaw()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RestartableRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
-    server = RestartableRedis(tmp_path)
-    yield server
-    server.stop()
 
 
 class Timed:

@@ -11,14 +11,12 @@ cannot reach Redis either.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +31,7 @@ from app.services.tenant_keys import TenantKeys
 from tests.conftest import RunningIssuer
 from tests.factories import post_project
 from tests.metrics_support import CacheMeter
-from tests.redis_layer.redis_servers import RedisProcess, start_redis, stop_redis
+from tests.redis_layer.redis_servers import RestartableRedis
 from tests.servers import free_port
 from tests.support import assert_problem, eventually, running_app
 
@@ -136,33 +134,6 @@ async def test_the_openapi_document_lists_token_predates_tenant(client: httpx.As
 # --- a slug changing hands without Redis ------------------------------------------------
 
 
-class StoppableRedis:
-    """A redis-server of the test's own that keeps its data across a stop (append-only)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.process: RedisProcess | None = start_redis(directory, "--appendonly", "yes")
-        self.port = self.process.port
-        self.url = self.process.url
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_redis(self.process)
-            self.process = None
-
-    def start(self) -> None:
-        self.process = start_redis(self.directory, "--appendonly", "yes", port=self.port)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[StoppableRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH")
-    server = StoppableRedis(tmp_path)
-    yield server
-    server.stop()
-
-
 class Scenario:
     """Old acme on two replicas, A and B, then the slug handed to new acme."""
 
@@ -246,30 +217,30 @@ async def assert_new_acme_never_sees_old_acme(
 
 async def test_redis_down_while_the_slug_changes_hands_on_two_replicas(
     replicas: Callable[[str, str], Any],
-    own_redis: StoppableRedis,
+    redis_server: RestartableRedis,
     engine: AsyncEngine,
     admin: Headers,
     make_token: MakeToken,
     unique_slug: Callable[[str], str],
 ) -> None:
-    a, b = await replicas(own_redis.url, own_redis.url)
+    a, b = await replicas(redis_server.url, redis_server.url)
     scenario = Scenario(a, b, unique_slug("acme"))
     old_token, project, old_keys = await old_acme_cached_on_b(scenario, engine, admin, make_token)
 
-    own_redis.stop()  # both the delete's bump and anything the create might do are lost
+    redis_server.stop()  # both the delete's bump and anything the create might do are lost
     url = f"/admin/v1/tenants/{scenario.slug}"
     assert (await a.post(f"{url}/suspend", headers=admin)).status_code == 200
     assert (await a.delete(url, headers=admin)).status_code == 204
     await create(a, admin, scenario.slug)
-    own_redis.start()  # with its data: old acme's entries are still there, unexpired
-    assert len(old_entries(own_redis.port, old_keys)) >= 2
+    redis_server.start()  # with its data: old acme's entries are still there, unexpired
+    assert len(old_entries(redis_server.port, old_keys)) >= 2
 
     await assert_new_acme_never_sees_old_acme(scenario, old_token, project, make_token)
 
 
 async def test_a_replica_cut_off_from_redis_deletes_and_the_cli_recreates_without_it(
     replicas: Callable[[str, str], Any],
-    own_redis: StoppableRedis,
+    redis_server: RestartableRedis,
     engine: AsyncEngine,
     settings: Settings,
     database_url: str,
@@ -278,7 +249,7 @@ async def test_a_replica_cut_off_from_redis_deletes_and_the_cli_recreates_withou
     unique_slug: Callable[[str], str],
 ) -> None:
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
-    a, b = await replicas(unreachable, own_redis.url)
+    a, b = await replicas(unreachable, redis_server.url)
     scenario = Scenario(a, b, unique_slug("acme"))
     old_token, project, old_keys = await old_acme_cached_on_b(scenario, engine, admin, make_token)
 
@@ -301,6 +272,6 @@ async def test_a_replica_cut_off_from_redis_deletes_and_the_cli_recreates_withou
     )
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr.lower()  # nothing of Redis to warn about
-    assert len(old_entries(own_redis.port, old_keys)) >= 2  # B's entries are still there
+    assert len(old_entries(redis_server.port, old_keys)) >= 2  # B's entries are still there
 
     await assert_new_acme_never_sees_old_acme(scenario, old_token, project, make_token)

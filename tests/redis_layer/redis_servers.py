@@ -267,3 +267,30 @@ class TestCluster:
     def stop(self) -> None:
         for node in self.nodes:
             stop_redis(node)
+
+
+class RestartableRedis:
+    """A redis-server of the test's own, which it may stop, start again on the same port
+    (with its data: append-only file on), or freeze (SIGSTOP) without hurting others."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.process: RedisProcess | None = start_redis(directory, "--appendonly", "yes")
+        self.port = self.process.port
+        self.url = self.process.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_redis(self.process)
+            self.process = None
+
+    def start(self) -> None:
+        self.process = start_redis(self.directory, "--appendonly", "yes", port=self.port)
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.freeze()
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.thaw()
