@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.db import tenancy
+from app.db.fair_share import TenantShare
 from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
@@ -51,17 +52,28 @@ class Tenant:
     status: str
     rate_limit: str
     location: TenantSchema
+    # Its fair share of the database on each replica (None: no cap, no statement timeout).
+    max_concurrent_transactions: int | None = None
+    statement_timeout_ms: int | None = None
+    share: TenantShare = field(init=False, repr=False, compare=False)  # what the pool takes
+
+    def __post_init__(self) -> None:
+        share = TenantShare(self.slug, self.max_concurrent_transactions, self.statement_timeout_ms)
+        object.__setattr__(self, "share", share)  # built once, not on every request
 
     @classmethod
-    def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
+    def from_record(cls, record: TenantRecord, settings: Settings) -> Tenant:
         return cls(
             id=record.id,
             slug=record.slug,
             name=record.name,
             plan=record.plan,
             status=record.status,
-            rate_limit=record.rate_limit or default_rate_limit,
+            rate_limit=record.rate_limit or settings.rate_limit_default,
             location=TenantSchema(schema=record.schema, role=record.db_role),
+            # The plan's, once plans say; until then the settings' defaults (0: none).
+            max_concurrent_transactions=settings.tenant_max_concurrent_transactions or None,
+            statement_timeout_ms=settings.tenant_statement_timeout_ms or None,
         )
 
 
@@ -92,7 +104,7 @@ class TenantRegistry:
         # LISTEN there lands on a shared server connection and leaks to other clients.
         self._can_listen = settings.listen_dsn is not None
         self._timeout = settings.db_request_timeout_seconds
-        self._default_rate_limit = settings.rate_limit_default
+        self._settings = settings
         # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
         self._entries: dict[str, tuple[float, Tenant | None, int | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
@@ -185,7 +197,7 @@ class TenantRegistry:
             record = await repo.get_by_slug(conn, slug)
         if record is None or record.status == "provisioning":
             return None
-        return Tenant.from_record(record, self._default_rate_limit)
+        return Tenant.from_record(record, self._settings)
 
 
 # --- provisioning ---------------------------------------------------------------------
