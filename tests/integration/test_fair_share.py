@@ -117,7 +117,7 @@ async def test_a_flooding_tenant_gets_429_tenant_busy_while_another_tenant_answe
             waited = time.monotonic() - started
             assert_problem(refused, 429, "tenant_busy")
             assert refused.headers["Retry-After"] == "1"
-            assert waited >= 0.3
+            assert waited >= 0.15  # half the wait at least (spread at random, see TenantSlots)
 
             started = time.monotonic()
             served = await client.post("/v1/projects", json={"name": "b"}, headers=b_headers)
