@@ -41,10 +41,10 @@ from fastapi import FastAPI  # noqa: E402
 from app.api.instrumentation import RouteTemplateMiddleware  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
-from app.db.fair_share import TenantShare  # noqa: E402
+from app.db.fair_share import TenantShare, TenantSlots  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
 from app.db.pool import TenantConnections  # noqa: E402
-from app.db.tenancy import TenantSchema  # noqa: E402
+from app.db.tenancy import TenantSchema, begin_pinned_sql  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.services.tenants import create_tenant  # noqa: E402
@@ -56,6 +56,7 @@ WRITE_N = 400  # each call of the write rows inserts a project: fewer, for the r
 PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
 FAIR_SHARE_ROW = "fair share admission (tenant slot + statement timeout in the pin, vs neither)"
+FAIR_SHARE_CODE_ROW = "fair share admission, its code alone (slot, pin SQL; no round trips)"
 
 # Issue 8's per-request CPU budget.
 BUDGET = {
@@ -294,6 +295,7 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
 
     rows.extend(await write_rows(app, baseline_app, token, read))
     rows.append((FAIR_SHARE_ROW, await fair_share_admission_cost(app.state.connections, location)))
+    rows.append((FAIR_SHARE_CODE_ROW, await fair_share_code_cost(location)))
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -392,6 +394,23 @@ async def fair_share_admission_cost(
     # A difference of a few µs between two transactions of some 200 µs each: more rounds
     # than the other rows, so the machine's drift averages out of the median.
     return await paired(admitted, bare, rounds=20, n=1000)
+
+
+async def fair_share_code_cost(location: TenantSchema, n: int = 100_000) -> float:
+    """CPU µs of fair share's own code per transaction, without the round trips around it:
+    a slot taken and given back, and the pin's SQL with the statement timeout less the pin's
+    SQL without (what the transaction measure above is a noisy upper bound of)."""
+    slots, share = TenantSlots(wait_seconds=1.0), TenantShare("profiled", 10, 3000)
+    started = time.process_time()
+    for _ in range(n):
+        await slots.take(share)
+        slots.give_back(share)
+        begin_pinned_sql(location, statement_timeout_ms=3000)
+    admitted = time.process_time() - started
+    started = time.process_time()
+    for _ in range(n):
+        begin_pinned_sql(location)
+    return (admitted - (time.process_time() - started)) / n * 1e6
 
 
 def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:

@@ -123,6 +123,7 @@ def test_request_profile_writes_every_part(tmp_path: Path) -> None:
         "write over a cached read",
         "Idempotency-Key (create with a fresh key, vs without)",
         "fair share admission (tenant slot + statement timeout in the pin, vs neither)",
+        "fair share admission, its code alone (slot, pin SQL; no round trips)",
     ):
         assert part in text, part
 
