@@ -983,7 +983,9 @@ async def noisy_section(
     ):
         server, url = start_tessera(f"tessera-noisy-{label.split()[-1]}", **extra)
         await light_load(server, url, tokens["noisy-b"], b_path, 1.0)  # warm-up
-        alone = await light_load(server, url, tokens["noisy-b"], b_path, seconds)
+        # B alone: half before A's flood and half after, so that a change in the shared
+        # machine's load weighs on both sides of the comparison alike.
+        before = await light_load(server, url, tokens["noisy-b"], b_path, seconds / 2)
         locker = await asyncpg.connect(db_url)
         try:
             async with locker.transaction():
@@ -1012,7 +1014,13 @@ async def noisy_section(
             answers = flood_answers(output)
         finally:
             await locker.close()
+        after = await light_load(server, url, tokens["noisy-b"], b_path, seconds / 2)
         server.stop()
+        alone = LightLoad(
+            before.latencies_ms + after.latencies_ms,
+            before.bad + after.bad,
+            (before.server_cores + after.server_cores) / 2,
+        )
         rows.append((label, alone, beside, answers))
 
     location = schema_for("noisy-a", settings.db_tenant_role_prefix)
@@ -1035,7 +1043,8 @@ async def noisy_section(
         f"schedule, {seconds:.0f} s per measurement). One Tessera worker with the defaults: pool "
         "DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 10, TENANT_MAX_CONCURRENT_TRANSACTIONS 10, "
         "TENANT_BUSY_WAIT_SECONDS 1, TENANT_STATEMENT_TIMEOUT_MS 3000; then the same with "
-        "FAIR_SHARE_ENABLED=false. B alone is measured on the same server right before.",
+        "FAIR_SHARE_ENABLED=false. B alone is measured on the same server, half right before A's "
+        "flood and half right after.",
         "",
         "| server | B alone p50 ms | B alone p99 ms | B beside A p50 ms | B beside A p99 ms | "
         "B p99 × alone | B not 2xx (alone / beside A) | server cores (alone / beside A) | "
