@@ -966,6 +966,7 @@ async def noisy_section(
     so each waits until the lock goes or its statement timeout (TENANT_STATEMENT_TIMEOUT_MS)
     ends it, holding its transaction and its pooled connection all along."""
     seconds = int(report.mode.duration.rstrip("s"))
+    load_at_start = os.getloadavg()
     tokens, projects = {}, {}
     for slug in ("noisy-a", "noisy-b"):
         await create_tenant(engine, settings, slug=slug, name=slug, plan="pro", rate_limit=None)
@@ -1044,7 +1045,8 @@ async def noisy_section(
         "DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 10, TENANT_MAX_CONCURRENT_TRANSACTIONS 10, "
         "TENANT_BUSY_WAIT_SECONDS 1, TENANT_STATEMENT_TIMEOUT_MS 3000; then the same with "
         "FAIR_SHARE_ENABLED=false. B alone is measured on the same server, half right before A's "
-        "flood and half right after.",
+        "flood and half right after. Load average when the section started: "
+        f"{load_at_start[0]:.2f}, {load_at_start[1]:.2f}, {load_at_start[2]:.2f} (1, 5, 15 min).",
         "",
         "| server | B alone p50 ms | B alone p99 ms | B beside A p50 ms | B beside A p99 ms | "
         "B p99 × alone | B not 2xx (alone / beside A) | server cores (alone / beside A) | "
