@@ -43,7 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = build_engine(settings)
-        app.state.connections = TenantConnections.for_settings(app.state.engine, settings)
+        app.state.connections = TenantConnections.for_settings(
+            app.state.engine, settings, on_busy=metrics.record_tenant_busy_rejection
+        )
         app.state.redis = build_redis(settings)
         app.state.token_verifier = TokenVerifier(settings)  # fetches keys lazily, never at start
         app.state.tenant_registry = TenantRegistry(app.state.engine, settings)

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -49,8 +50,11 @@ from app.core.config import Settings  # noqa: E402
 from app.db import migrate as migrate_module  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
 from app.db.migrate import TENANT_DIR, load_script, migrate_shared, migrate_tenants  # noqa: E402
+from app.db.pool import TenantConnections  # noqa: E402
+from app.db.tenancy import schema_for  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
 from app.services.provisioning import create_tenant  # noqa: E402
+from scripts.profile_request import fair_share_admission_cost, fair_share_code_cost  # noqa: E402
 
 SERVER_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -144,6 +148,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     chart_name: str = "benchmarks-scaling.png"  # drawn next to the page, from `chart`
     chart: ScalingChart | None = None
+    only: str | None = None  # --only: the one section run
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -280,11 +285,19 @@ def start_wrk(
 
 
 def start_wrk_script(
-    base_url: str, script: str, workdir: Path, *, duration: str, connections: int
+    base_url: str,
+    script: str,
+    workdir: Path,
+    *,
+    duration: str,
+    connections: int,
+    timeout: str | None = None,
 ) -> subprocess.Popen[str]:
     path = workdir / f"wrk-{uuid.uuid4().hex[:8]}.lua"
     path.write_text(script)
     argv = [require_wrk(), "-t1", f"-c{connections}", f"-d{duration}", "--latency"]
+    if timeout is not None:  # wrk's own is 2 s: longer answers would count as socket errors
+        argv.append(f"--timeout={timeout}")
     argv += ["-s", str(path), base_url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # noqa: S603
 
@@ -846,6 +859,271 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     )
 
 
+# --- noisy neighbour: fair share of the pool (issue 19) ------------------------------------
+
+NOISY_BEGIN, NOISY_END = "<!-- noisy:begin -->", "<!-- noisy:end -->"
+NOISY_FLOOD = 64  # tenant A's concurrent slow requests
+NOISY_B_RATE = 25  # tenant B's steady light load, requests per second (open loop)
+NOISY_RAMP_SECONDS = 2  # A's flood started (process, imports, first requests) before B's
+
+
+@dataclass
+class LightLoad:
+    """Tenant B's answers: latency of each (ms), how many were not 2xx, and the cores the
+    server kept busy meanwhile (its CPU seconds over the wall time)."""
+
+    latencies_ms: list[float]
+    bad: int
+    server_cores: float
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q) if self.latencies_ms else float("nan")
+
+
+async def light_load(
+    server: Proc, base_url: str, token: str, path: str, seconds: float
+) -> LightLoad:
+    """POST `path` NOISY_B_RATE times a second for `seconds`, each sent on schedule whether
+    or not the previous ones were answered (so a stall shows in the latencies instead of
+    slowing the load down)."""
+    latencies: list[float] = []
+    bad = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=64)
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal bad
+        started = time.perf_counter()
+        try:
+            answer = await client.post(path, json={"title": "light"}, headers=headers)
+            bad += not answer.is_success
+        except httpx.HTTPError:
+            bad += 1
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    pids = process_tree(server.popen.pid)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+        sent: list[asyncio.Task[None]] = []
+        cpu_0, begin = cpu_seconds(pids), time.perf_counter()
+        for n in range(int(seconds * NOISY_B_RATE)):
+            await asyncio.sleep(max(0.0, begin + n / NOISY_B_RATE - time.perf_counter()))
+            sent.append(asyncio.create_task(one(client)))
+        await asyncio.gather(*sent)
+        cores = (cpu_seconds(pids) - cpu_0) / (time.perf_counter() - begin)
+    return LightLoad(latencies, bad, cores)
+
+
+# Tenant A's flood: PATCHes of one project, each connection sending its next as soon as the
+# last is answered; the answers are counted by status and problem code and printed at the end.
+_LUA_FLOOD = """
+local path = @PATH@
+local token = @TOKEN@
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+counts = {}
+request = function()
+  local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}
+  return wrk.format("PATCH", path, headers, '{"name": "noisy"}')
+end
+response = function(status, headers, body)
+  local code = string.match(body or "", '"code":"([a-z_]+)"')
+  local key = status .. (code and (" " .. code) or "")
+  counts[key] = (counts[key] or 0) + 1
+end
+done = function(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for key, n in pairs(thread:get("counts")) do io.write("ANSWER " .. key .. "=" .. n .. "\\n") end
+  end
+end
+"""
+
+
+def flood_answers(output: str) -> Counter[str]:
+    """The flood's answers by status and code (a 2xx has no code), and wrk's socket errors."""
+    answers: Counter[str] = Counter()
+    for key, n in re.findall(r"^ANSWER (.+)=(\d+)$", output, re.M):
+        answers[key] += int(n)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if errors:
+        answers["socket errors"] = sum(int(g) for g in errors.groups())
+    return answers
+
+
+async def noisy_section(
+    report: Report,
+    tmp: Path,
+    *,
+    db_url: str,
+    engine: Any,
+    settings: Settings,
+    dev: DevIssuer,
+    start_tessera: StartServer,
+) -> None:
+    """Tenant A floods with NOISY_FLOOD concurrent slow requests while tenant B runs a steady
+    light load: B's latencies alone and beside A, on a Tessera with fair share on (the
+    defaults) and one with FAIR_SHARE_ENABLED=false. A's requests are slow for real: PATCHes
+    of a project whose row a long transaction of A's (here a side connection) holds locked,
+    so each waits until the lock goes or its statement timeout (TENANT_STATEMENT_TIMEOUT_MS)
+    ends it, holding its transaction and its pooled connection all along."""
+    seconds = int(report.mode.duration.rstrip("s"))
+    load_at_start = os.getloadavg()
+    tokens, projects = {}, {}
+    for slug in ("noisy-a", "noisy-b"):
+        await create_tenant(engine, settings, slug=slug, name=slug, plan="pro", rate_limit=None)
+        schema = "tenant_" + slug.replace("-", "_")
+        projects[slug] = (await seed_projects(db_url, schema, 1, 0))[0]
+        tokens[slug] = dev.mint("bench-user", tenant=slug, scopes="api:read api:write")
+    a_path = f"/v1/projects/{projects['noisy-a']}"
+    b_path = f"/v1/projects/{projects['noisy-b']}/tasks"
+    lock = f"SELECT 1 FROM tenant_noisy_a.projects WHERE id = '{projects['noisy-a']}' FOR UPDATE"
+
+    rows: list[tuple[str, LightLoad, LightLoad, Counter[str]]] = []
+    for label, extra in (
+        ("fair share on", {}),
+        ("fair share off", {"FAIR_SHARE_ENABLED": "false"}),
+    ):
+        server, url = start_tessera(f"tessera-noisy-{label.split()[-1]}", **extra)
+        await light_load(server, url, tokens["noisy-b"], b_path, 1.0)  # warm-up
+        # B alone: half before A's flood and half after, so that a change in the shared
+        # machine's load weighs on both sides of the comparison alike.
+        before = await light_load(server, url, tokens["noisy-b"], b_path, seconds / 2)
+        locker = await asyncpg.connect(db_url)
+        try:
+            async with locker.transaction():
+                await locker.execute(lock)
+                # A from wrk, a process of its own and a frugal one: its answers never
+                # delay the timing of B's, and cost the machine little CPU.
+                script = lua_script(
+                    _LUA_FLOOD, tmp, PATH=lua_string(a_path), TOKEN=lua_string(tokens["noisy-a"])
+                )
+                flooding = start_wrk_script(
+                    url,
+                    script,
+                    tmp,
+                    duration=f"{NOISY_RAMP_SECONDS + seconds}s",
+                    connections=NOISY_FLOOD,
+                    timeout="10s",
+                )
+                try:
+                    await asyncio.sleep(NOISY_RAMP_SECONDS)  # A's slots (or the pool) taken
+                    beside = await light_load(server, url, tokens["noisy-b"], b_path, seconds)
+                except BaseException:
+                    flooding.kill()
+                    raise
+            # The lock is gone: A's last requests finish.
+            output, _ = await asyncio.to_thread(flooding.communicate)
+            answers = flood_answers(output)
+        finally:
+            await locker.close()
+        after = await light_load(server, url, tokens["noisy-b"], b_path, seconds / 2)
+        server.stop()
+        alone = LightLoad(
+            before.latencies_ms + after.latencies_ms,
+            before.bad + after.bad,
+            (before.server_cores + after.server_cores) / 2,
+        )
+        rows.append((label, alone, beside, answers))
+
+    location = schema_for("noisy-a", settings.db_tenant_role_prefix)
+    connections = TenantConnections.for_settings(engine, settings)
+    try:
+        admission_us = await fair_share_admission_cost(connections, location)
+        code_us = await fair_share_code_cost(location)
+    finally:
+        await connections.aclose()
+
+    report.add(
+        "",
+        "## Noisy neighbour: fair share of the pool (issue 19)",
+        "",
+        NOISY_BEGIN,
+        "",
+        f"Tenant A floods with {NOISY_FLOOD} concurrent slow requests (PATCH of a project whose "
+        "row a long transaction holds locked, sent again as soon as answered) while tenant B "
+        f"sends a steady light load ({NOISY_B_RATE} POST /v1/projects/{{id}}/tasks a second, on "
+        f"schedule, {seconds:.0f} s per measurement). One Tessera worker with the defaults: pool "
+        "DB_POOL_SIZE 10 + DB_MAX_OVERFLOW 10, TENANT_MAX_CONCURRENT_TRANSACTIONS 10, "
+        "TENANT_BUSY_WAIT_SECONDS 1, TENANT_STATEMENT_TIMEOUT_MS 3000; then the same with "
+        "FAIR_SHARE_ENABLED=false. B alone is measured on the same server, half right before A's "
+        "flood and half right after. Load average when the section started: "
+        f"{load_at_start[0]:.2f}, {load_at_start[1]:.2f}, {load_at_start[2]:.2f} (1, 5, 15 min).",
+        "",
+        "| server | B alone p50 ms | B alone p99 ms | B beside A p50 ms | B beside A p99 ms | "
+        "B p99 × alone | B not 2xx (alone / beside A) | server cores (alone / beside A) | "
+        "A's answers |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    )
+    for label, alone, beside, answers in rows:
+        ratio = beside.p(99) / alone.p(99)
+        summary = ", ".join(f"{key}: {n:,}" for key, n in sorted(answers.items()))
+        report.add(
+            f"| {label} | {alone.p(50):.1f} | {alone.p(99):.1f} | {beside.p(50):.1f} | "
+            f"{beside.p(99):.1f} | {ratio:.2f} | {alone.bad} / {beside.bad} | "
+            f"{alone.server_cores:.2f} / {beside.server_cores:.2f} | {summary} |"
+        )
+    report.add(
+        "",
+        "Admission's CPU per transaction (a slot taken and given back, the statement timeout "
+        "in the pin's round trip), in-process (`scripts/profile_request.py`): "
+        f"{admission_us:.1f} µs as the median difference between the same empty tenant "
+        "transaction with and without a share (`fair_share_admission_cost`; a difference "
+        "between two transactions of some 200 µs each, so mostly the machine's noise), "
+        f"{code_us:.2f} µs for fair share's code alone without the round trips "
+        "(`fair_share_code_cost`).",
+        "",
+        NOISY_END,
+    )
+    label, alone, beside, answers = rows[0]
+    ratio = beside.p(99) / alone.p(99)
+    report.target(
+        "noisy neighbour: B's p99 beside A's flood ≤ 1.5× B's p99 alone (fair share on)",
+        f"{ratio:.2f}×",
+        ratio <= 1.5 and beside.bad == 0,
+    )
+    busy = answers["429 tenant_busy"]
+    report.target(
+        "noisy neighbour: A gets 429 tenant_busy rather than slowing B", f"{busy:,} × 429", busy > 0
+    )
+    report.target(
+        "fair share admission ≤ 20 µs CPU per transaction",
+        f"{admission_us:.1f} µs",
+        admission_us <= 20,
+    )
+
+
+def write_noisy_only(report: Report, output: Path) -> None:
+    """`--only noisy`: its section replaces the one between the markers in `output` (or is
+    added at the end), with the run's command and its targets; the rest stays as it was."""
+    lines = report.lines[report.lines.index(NOISY_BEGIN) :]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = "\n".join(
+        [
+            lines[0],
+            "",
+            f"Run on its own on {now}: `{report.command}`.",
+            "",
+            "| target | measured | verdict |",
+            "| --- | --- | --- |",
+            *(f"| {t} | {m} | {v} |" for t, m, v in report.targets),
+            *lines[1:],
+        ]
+    )
+    previous = output.read_text() if output.exists() else ""
+    if NOISY_BEGIN in previous and NOISY_END in previous:
+        head, rest = previous.split(NOISY_BEGIN, 1)
+        text = head + block + rest.split(NOISY_END, 1)[1]
+    else:
+        text = (
+            previous.rstrip("\n")
+            + "\n\n## Noisy neighbour: fair share of the pool (issue 19)\n\n"
+            + block
+            + "\n"
+        )
+    output.write_text(text)
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -966,14 +1244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_true", help="smoke run, seconds")
     which.add_argument("--full", action="store_true", help="the run for the record")
-    which.add_argument(
-        "--section",
-        choices=["archive"],
-        help="only this section (full size), replacing its part of --output",
-    )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--duration", help="wrk duration per scenario in seconds, e.g. 5s (default: by mode)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["archive", "noisy"],
+        help="run one section alone (at the size --quick or --full says) and write it between "
+        "its markers in --output, the rest of the page kept",
     )
     parser.add_argument(
         "--scale-max",
@@ -993,9 +1272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     report = Report(mode=mode, command=command, chart_name=f"{args.output.stem}-scaling.png")
-    if args.section:
+    if args.only == "archive":
         with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
-            asyncio.run(run(report, Path(tmp), section=args.section))
+            asyncio.run(run(report, Path(tmp), section="archive"))
         lines = list(report.lines)
         end = lines.index(bench_archive.END)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -1005,11 +1284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nsection written to {args.output}")
         return 0
     require_wrk()
+    report.only = args.only
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         asyncio.run(run(report, Path(tmp)))
-        if mode.name == "full":
+        if mode.name == "full" and args.only is None:
             profile_section(report, Path(tmp))
-    write_markdown(report, args.output)
+    if args.only == "noisy":
+        write_noisy_only(report, args.output)
+    else:
+        write_markdown(report, args.output)
     print(f"\nwritten to {args.output}")
     return 0
 
@@ -1040,7 +1323,7 @@ async def run(report: Report, tmp: Path, section: str | None = None) -> None:
             engine = build_engine(Settings(environment="development", database_url=db_url))
             await migrate_shared(engine)
             await engine.dispose()
-            await archive(report, db_url, role_prefix, tmp, full=True)
+            await archive(report, db_url, role_prefix, tmp, full=report.mode.name == "full")
             return
         with processes() as procs:
             await scenarios(report, tmp, db_url, role_prefix, procs)
@@ -1141,6 +1424,19 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         proc.wait_http(f"{url}/v1/projects/{first_project}", timeout=90.0 * workers)
         proc.wait_workers(workers)
         return proc, url
+
+    if report.only == "noisy":
+        await noisy_section(
+            report,
+            tmp,
+            db_url=db_url,
+            engine=engine,
+            settings=settings,
+            dev=dev,
+            start_tessera=start_tessera,
+        )
+        await engine.dispose()
+        return
 
     tessera, tessera_url = start_tessera("tessera")
     paths = set(httpx.get(f"{tessera_url}/openapi.json").json().get("paths", {}))
@@ -1377,6 +1673,18 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
     else:
         report.add(f"Skipped: needs `{TASKS_ROUTE}`.")
         report.target("writes ≥ 0.5× bare requests/s (issue 17)", "route missing", None)
+
+    # --- (1c) noisy neighbour: fair share of the pool (issue 19) ------------------------------
+    if has_tasks:
+        await noisy_section(
+            report,
+            tmp,
+            db_url=db_url,
+            engine=engine,
+            settings=settings,
+            dev=dev,
+            start_tessera=start_tessera,
+        )
 
     # --- (2) tenant scaling --------------------------------------------------------------------
     report.add("", "## Tenant scaling", "")

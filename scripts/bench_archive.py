@@ -8,7 +8,7 @@ file under a new slug, and PostgreSQL's own COPY ... TO / FROM of the same table
 into a freshly provisioned tenant's tables, indexes and foreign keys included, in one
 transaction), alternating, best of `rounds`. Rows per second count every row of the tenant.
 
-    uv run python scripts/bench.py --section archive     # just this section, into the page
+    uv run python scripts/bench.py --full --only archive     # just this section, into the page
 """
 
 from __future__ import annotations

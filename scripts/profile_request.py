@@ -41,7 +41,10 @@ from fastapi import FastAPI  # noqa: E402
 from app.api.instrumentation import RouteTemplateMiddleware  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.db.engine import build_engine  # noqa: E402
+from app.db.fair_share import TenantShare, TenantSlots  # noqa: E402
 from app.db.migrate import migrate_shared  # noqa: E402
+from app.db.pool import TenantConnections  # noqa: E402
+from app.db.tenancy import TenantSchema, begin_pinned_sql  # noqa: E402
 from app.devissuer import DevIssuer  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.services.provisioning import create_tenant  # noqa: E402
@@ -53,12 +56,17 @@ WRITE_N = 400  # each call of the write rows inserts a project: fewer, for the r
 ROUNDS = 10  # of each paired difference
 PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
+FAIR_SHARE_ROW = "fair share admission (tenant slot + statement timeout in the pin, vs neither)"
+FAIR_SHARE_CODE_ROW = "fair share admission, its code alone (slot, pin SQL; no round trips)"
+
 # Issue 8's per-request CPU budget.
 BUDGET = {
     "JWT verification, token seen before": 75,
     "rate limit (one Redis round trip)": 150,
     "metrics (HTTP instrumentation)": 75,
     "tenant pin (BEGIN + pin in one round trip, vs BEGIN alone)": 150,
+    # Issue 19's budget for fair share (docs/decisions/0026).
+    FAIR_SHARE_ROW: 20,
 }
 
 
@@ -197,7 +205,6 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     from sqlalchemy import select
 
     from app.db.models.tenant import projects as projects_table
-    from app.db.tenancy import TenantSchema
 
     location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
     async with app.state.connections.transaction(location) as session:
@@ -290,6 +297,8 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     await stripped.__aexit__(None, None, None)
 
     rows.extend(await write_rows(app, baseline_app, token, read))
+    rows.append((FAIR_SHARE_ROW, await fair_share_admission_cost(app.state.connections, location)))
+    rows.append((FAIR_SHARE_CODE_ROW, await fair_share_code_cost(location)))
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -369,6 +378,44 @@ async def write_rows(app: Any, baseline_app: Any, token: str, read: str) -> list
     return rows
 
 
+async def fair_share_admission_cost(
+    connections: TenantConnections, location: TenantSchema
+) -> float:
+    """CPU µs per transaction of fair share's admission: the same empty tenant transaction
+    with a share (a slot taken and given back, the statement timeout in the pin's round trip)
+    and without one (also what scripts/bench.py's noisy-neighbour section reports)."""
+    share = TenantShare("profiled", 10, 3000)
+
+    async def admitted() -> None:
+        async with connections.transaction(location, share=share):
+            pass
+
+    async def bare() -> None:
+        async with connections.transaction(location):
+            pass
+
+    # A difference of a few µs between two transactions of some 200 µs each: more rounds
+    # than the other rows, so the machine's drift averages out of the median.
+    return await paired(admitted, bare, rounds=20, n=1000)
+
+
+async def fair_share_code_cost(location: TenantSchema, n: int = 100_000) -> float:
+    """CPU µs of fair share's own code per transaction, without the round trips around it:
+    a slot taken and given back, and the pin's SQL with the statement timeout less the pin's
+    SQL without (what the transaction measure above is a noisy upper bound of)."""
+    slots, share = TenantSlots(wait_seconds=1.0), TenantShare("profiled", 10, 3000)
+    started = time.process_time()
+    for _ in range(n):
+        await slots.take(share)
+        slots.give_back(share)
+        begin_pinned_sql(location, statement_timeout_ms=3000)
+    admitted = time.process_time() - started
+    started = time.process_time()
+    for _ in range(n):
+        begin_pinned_sql(location)
+    return (admitted - (time.process_time() - started)) / n * 1e6
+
+
 def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
     lines = [
         "# Where a request's CPU goes",
@@ -380,7 +427,7 @@ def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
         "the same request measured with and without the part: the median difference over "
         "ten rounds that alternate the two.",
         "",
-        "| part | µs CPU | issue 8 budget | verdict |",
+        "| part | µs CPU | budget (issues 8, 19) | verdict |",
         "| --- | ---: | ---: | --- |",
     ]
     for name, value in rows:

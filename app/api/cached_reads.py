@@ -103,7 +103,10 @@ async def read_through(state: State, admitted: Admitted, read: CachedRead) -> Ca
 
     async def load_in_tenant_transaction() -> CachedResponse:
         async with state.connections.transaction(
-            tenant.location, timeout=state.settings.db_request_timeout_seconds, read_only=True
+            tenant.location,
+            timeout=state.settings.db_request_timeout_seconds,
+            read_only=True,
+            share=tenant.share,
         ) as conn:
             return await read.load(conn)
 

@@ -18,9 +18,11 @@ _DESCRIPTIONS = {
     412: "If-Match does not match the current ETag (`precondition_failed`)",
     413: "Request body over 1 MiB (`payload_too_large`)",
     422: "Validation error (`validation_error`, with `errors`)",
-    429: "Rate limit exceeded (`rate_limited`, with Retry-After)",
+    429: "Rate limit exceeded (`rate_limited`), or the tenant already runs its plan's number "
+    "of database transactions at once (`tenant_busy`); both with Retry-After",
     503: "A dependency is unavailable (`database_unavailable`, `auth_unavailable`, "
-    "`rate_limiter_unavailable`)",
+    "`rate_limiter_unavailable`), or a statement ran past the tenant's statement timeout "
+    "(`statement_timeout`, with Retry-After)",
 }
 
 

@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     # 0 purges it at once, within the DELETE (decision 0023).
     tenant_purge_grace_seconds: int = Field(default=7 * 24 * 3600, ge=0)
 
+    # Fair share of the pool (docs/decisions/0026-fair-share-of-the-pool.md), the defaults
+    # when a tenant's plan says nothing. At most this many transactions of one tenant at
+    # once on each replica (0: no cap), half the default pool; one past it waits up to
+    # TENANT_BUSY_WAIT_SECONDS for its tenant's next free slot, never on the shared pool,
+    # then answers 429 tenant_busy. FAIR_SHARE_ENABLED=false lifts every cap (the
+    # benchmark's comparison run); the statement timeout stays.
+    tenant_max_concurrent_transactions: int = Field(default=10, ge=0, le=10_000)
+    tenant_busy_wait_seconds: float = Field(default=1.0, ge=0, le=30)
+    fair_share_enabled: bool = True
+    # Each statement of a tenant's transaction (0: none): below DB_REQUEST_TIMEOUT_SECONDS,
+    # so the server ends a runaway query (503 statement_timeout) before the client gives up.
+    tenant_statement_timeout_ms: int = Field(default=3000, ge=0, le=3_600_000)
+
     metrics_token: str | None = None
     # Production refuses /metrics without a token unless this says it is meant (a port only
     # the scraper reaches): the metrics name every tenant with its traffic.

@@ -97,8 +97,32 @@ class RateLimited(TesseraError):
     status, code = 429, "rate_limited"
 
 
+class RetryAfter(TesseraError):
+    """An answer that tells the client when to try again (`Retry-After`, in seconds)."""
+
+    retry_after_seconds: int = 1
+
+    def __init__(self, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", str(self.retry_after_seconds))
+
+
+class TenantBusy(RetryAfter):
+    """429 `tenant_busy`: the tenant already has its plan's number of transactions running on
+    this replica, and none ended within the bounded wait (docs/decisions/0026)."""
+
+    status, code = 429, "tenant_busy"
+
+
 class ServiceUnavailable(TesseraError):
     status, code = 503, "service_unavailable"
+
+
+class StatementTimeout(RetryAfter, ServiceUnavailable):
+    """503 `statement_timeout`: PostgreSQL cancelled a statement of the tenant's transaction
+    (its plan's statement timeout); nothing of the transaction was committed."""
+
+    code = "statement_timeout"
 
 
 class DatabaseUnavailable(ServiceUnavailable):

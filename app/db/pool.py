@@ -15,14 +15,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from asyncpg.exceptions import InterfaceError, InternalClientError, InvalidParameterValueError
+from asyncpg.exceptions import (
+    InterfaceError,
+    InternalClientError,
+    InvalidParameterValueError,
+    QueryCanceledError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
-from app.core.errors import TenantNotFoundForToken
+from app.core.errors import StatementTimeout, TenantNotFoundForToken
 from app.db.executor import StatementCache, TenantSession
+from app.db.fair_share import OnBusy, TenantShare, TenantSlots
 from app.db.tenancy import TenantSchema, begin_pinned_sql
 
 DEFAULT_TIMEOUT_SECONDS = 4.0
@@ -42,6 +48,9 @@ DEFAULT_MAX_SCHEMAS_PER_CONNECTION: int = Settings.model_fields[
     "db_max_schemas_per_connection"
 ].default
 _SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
+
+
+_CANCELLED = "A database statement ran past the tenant's statement timeout; nothing changed."
 
 
 def _driver(pooled: PoolProxiedConnection) -> Any:
@@ -96,8 +105,10 @@ class TenantConnections:
         *,
         max_schemas_per_connection: int = DEFAULT_MAX_SCHEMAS_PER_CONNECTION,
         park_seconds: float = PARK_SECONDS,
+        slots: TenantSlots | None = None,
     ) -> None:
         self.engine = engine
+        self.slots = slots  # None: no tenant's concurrency is capped (FAIR_SHARE_ENABLED=false)
         self.max_schemas = max_schemas_per_connection
         self.park_seconds = park_seconds
         self.statements = StatementCache(engine.dialect)
@@ -107,8 +118,13 @@ class TenantConnections:
         self._finishing: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def for_settings(cls, engine: AsyncEngine, settings: Settings) -> TenantConnections:
-        return cls(engine, max_schemas_per_connection=settings.db_max_schemas_per_connection)
+    def for_settings(
+        cls, engine: AsyncEngine, settings: Settings, *, on_busy: OnBusy | None = None
+    ) -> TenantConnections:
+        """`on_busy(tenant)` hears each request refused 429 tenant_busy (the metric)."""
+        slots = TenantSlots.for_settings(settings, on_rejection=on_busy)
+        max_schemas = settings.db_max_schemas_per_connection
+        return cls(engine, max_schemas_per_connection=max_schemas, slots=slots)
 
     @asynccontextmanager
     async def transaction(
@@ -117,6 +133,7 @@ class TenantConnections:
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         read_only: bool = False,
+        share: TenantShare | None = None,
     ) -> AsyncIterator[TenantSession]:
         """The one way into a tenant's data on the request path: a pooled connection in one
         transaction, pinned to `tenant` before anything else runs. Commits when the block
@@ -133,46 +150,66 @@ class TenantConnections:
         invalidated, so it can never carry a tenant's pin or an unfinished operation into
         another request. A connection the server dropped is a `ConnectionLost` (503), never
         asyncpg's refusal of a statement on it (500); see `_discard_dead`.
+
+        `share` (the tenant's plan, app/db/fair_share.py): one of the tenant's slots taken
+        before any pooled connection (429 tenant_busy after a bounded wait), and its
+        statement timeout set in the pin (a statement it cancels: `StatementTimeout`, 503).
         """
-        pooled = await self._begin(tenant, timeout=timeout, read_only=read_only)
-        raw = _driver(pooled)
-        retire = self._worn_out(pooled, tenant.schema)
-        parked = ended = False
+        slots, held = self.slots, share
+        if slots is not None and held is not None:
+            await slots.take(held)  # before the pool: a tenant past its share waits here
         try:
+            pooled = await self._begin(tenant, timeout=timeout, read_only=read_only, share=share)
+            raw = _driver(pooled)
+            retire = self._worn_out(pooled, tenant.schema)
+            parked = ended = False
             try:
-                yield TenantSession(raw, self.statements, timeout)
-            except BaseException as exc:
-                # Short: if the server does not answer, the connection is dropped instead.
-                # Whatever happens to the ROLLBACK, nothing of this transaction was
-                # committed, so the request's own error stays the answer (a lost connection
-                # is a 503).
-                with contextlib.suppress(Exception):  # not proven idle then: discarded below
-                    await raw.execute("ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS))
-                    ended = True
-                if raw.is_closed() and _refused(exc):
-                    raise _lost(exc) from exc
-                raise
-            parked = read_only and not retire and self._park(pooled)
-            if not parked:
                 try:
-                    await raw.execute("COMMIT", timeout=timeout)
-                except Exception as exc:
+                    yield TenantSession(raw, self.statements, timeout)
+                except BaseException as exc:
+                    # Short: if the server does not answer, the connection is dropped
+                    # instead. Whatever happens to the ROLLBACK, nothing of this transaction
+                    # was committed, so the request's own error stays the answer (a lost
+                    # connection is a 503, a statement the server cancelled a 503 too).
+                    with contextlib.suppress(Exception):  # not proven idle: discarded below
+                        await raw.execute(
+                            "ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS)
+                        )
+                        ended = True
                     if raw.is_closed() and _refused(exc):
                         raise _lost(exc) from exc
+                    if isinstance(exc, QueryCanceledError):
+                        raise StatementTimeout(_CANCELLED) from exc
                     raise
-                ended = True
+                parked = read_only and not retire and self._park(pooled)
+                if not parked:
+                    try:
+                        await raw.execute("COMMIT", timeout=timeout)
+                    except Exception as exc:
+                        if raw.is_closed() and _refused(exc):
+                            raise _lost(exc) from exc
+                        raise
+                    ended = True
+            finally:
+                if parked:
+                    pass  # committed later: with the next BEGIN, or after park_seconds
+                elif ended and _idle_and_clean(raw) and not retire:
+                    await self._checkin(pooled)
+                elif raw.is_closed():
+                    await self._discard_dead(pooled)
+                else:  # not ended cleanly, or retired: its backend (and catalog cache) goes
+                    await greenlet_spawn(pooled.invalidate)
         finally:
-            if parked:
-                pass  # committed later: with the next BEGIN, or after park_seconds
-            elif ended and _idle_and_clean(raw) and not retire:
-                await self._checkin(pooled)
-            elif raw.is_closed():
-                await self._discard_dead(pooled)
-            else:  # not ended cleanly, or retired: its backend (and catalog cache) goes away
-                await greenlet_spawn(pooled.invalidate)
+            if slots is not None and held is not None:
+                slots.give_back(held)
 
     async def _begin(
-        self, tenant: TenantSchema, *, timeout: float, read_only: bool
+        self,
+        tenant: TenantSchema,
+        *,
+        timeout: float,
+        read_only: bool,
+        share: TenantShare | None = None,
     ) -> PoolProxiedConnection:
         """A connection with this transaction's BEGIN and pin done, in one round trip. When
         the connection turns out to be one the server had dropped, nothing of the request
@@ -184,7 +221,8 @@ class TenantConnections:
             if pooled is None:
                 pooled = await self._checkout()
             raw = _driver(pooled)
-            begin = begin_pinned_sql(tenant, read_only=read_only)
+            timeout_ms = None if share is None else share.statement_timeout_ms
+            begin = begin_pinned_sql(tenant, read_only=read_only, statement_timeout_ms=timeout_ms)
             try:
                 if owes_commit:
                     begin = "COMMIT; " + begin  # the parked read-only transaction ends here

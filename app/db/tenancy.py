@@ -48,24 +48,31 @@ def quote_ident(name: str) -> str:
     return '"' + name + '"'
 
 
-def pin_sql(tenant: TenantSchema) -> str:
-    """The statement that pins a transaction to `tenant`, with the names inlined.
+def pin_sql(tenant: TenantSchema, *, statement_timeout_ms: int | None = None) -> str:
+    """The statement that pins a transaction to `tenant`, with the names inlined, and with
+    `statement_timeout_ms` the transaction's statement timeout (the tenant's plan).
 
     Inlining is safe because both names are identifiers we derived and checked
-    (`quote_ident` refuses anything else), and it lets the pin travel in the same
-    simple-protocol round trip as BEGIN.
+    (`quote_ident` refuses anything else) and the timeout is an int, and it lets the pin
+    travel in the same simple-protocol round trip as BEGIN.
     """
     search_path = quote_ident(tenant.schema)
     role = quote_ident(tenant.role)[1:-1]
-    return (
+    sql = (
         f"SELECT set_config('search_path', '{search_path}', true), "
         f"set_config('role', '{role}', true)"
     )
+    if statement_timeout_ms is not None:
+        sql += f", set_config('statement_timeout', '{int(statement_timeout_ms)}', true)"
+    return sql
 
 
-def begin_pinned_sql(tenant: TenantSchema, *, read_only: bool = False) -> str:
-    """BEGIN and the pin, for one simple-protocol round trip."""
-    return ("BEGIN READ ONLY; " if read_only else "BEGIN; ") + pin_sql(tenant)
+def begin_pinned_sql(
+    tenant: TenantSchema, *, read_only: bool = False, statement_timeout_ms: int | None = None
+) -> str:
+    """BEGIN and the pin (with the statement timeout), for one simple-protocol round trip."""
+    begin = "BEGIN READ ONLY; " if read_only else "BEGIN; "
+    return begin + pin_sql(tenant, statement_timeout_ms=statement_timeout_ms)
 
 
 async def pin_tenant(conn: AsyncConnection, tenant: TenantSchema) -> None:

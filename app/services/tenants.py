@@ -9,12 +9,13 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
+from app.db.fair_share import TenantShare
 from app.db.migrate import tenant_script
 from app.db.repositories import tenants as repo
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
@@ -61,19 +62,30 @@ class Tenant:
     location: TenantSchema
     keys: TenantKeys
     created_at: float
+    # Its fair share of the database on each replica (None: no cap, no statement timeout).
+    max_concurrent_transactions: int | None = None
+    statement_timeout_ms: int | None = None
+    share: TenantShare = field(init=False, repr=False, compare=False)  # what the pool takes
+
+    def __post_init__(self) -> None:
+        share = TenantShare(self.slug, self.max_concurrent_transactions, self.statement_timeout_ms)
+        object.__setattr__(self, "share", share)  # built once, not on every request
 
     @classmethod
-    def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
+    def from_record(cls, record: TenantRecord, settings: Settings) -> Tenant:
         return cls(
             id=record.id,
             slug=record.slug,
             name=record.name,
             plan=record.plan,
             status=record.status,
-            rate_limit=record.rate_limit or default_rate_limit,
+            rate_limit=record.rate_limit or settings.rate_limit_default,
             location=TenantSchema(schema=record.schema, role=record.db_role),
             keys=TenantKeys(record.slug, record.id),
             created_at=float(math.floor(record.created_at.timestamp())),
+            # The plan's, once plans say; until then the settings' defaults (0: none).
+            max_concurrent_transactions=settings.tenant_max_concurrent_transactions or None,
+            statement_timeout_ms=settings.tenant_statement_timeout_ms or None,
         )
 
 
@@ -104,10 +116,10 @@ class TenantRegistry:
         # LISTEN there lands on a shared server connection and leaks to other clients.
         self._can_listen = settings.listen_dsn is not None
         self._timeout = settings.db_request_timeout_seconds
-        self._default_rate_limit = settings.rate_limit_default
         # Admission refuses a token issued before its tenant's created_at less this; kept
         # here, beside the tenants, so the check costs no settings lookup per request.
         self.token_leeway = float(settings.auth_leeway_seconds)
+        self._settings = settings
         # slug → (end of its TTL, tenant, listener epoch it was loaded under, or None)
         self._entries: dict[str, tuple[float, Tenant | None, int | None]] = {}
         self._inflight: dict[str, asyncio.Future[Tenant | None]] = {}
@@ -200,7 +212,7 @@ class TenantRegistry:
             record = await repo.get_by_slug(conn, slug)
         if record is None or record.status == "provisioning":
             return None
-        return Tenant.from_record(record, self._default_rate_limit)
+        return Tenant.from_record(record, self._settings)
 
 
 async def get_or_404(conn: AsyncConnection, slug: str, *, for_update: bool = False) -> TenantRecord:

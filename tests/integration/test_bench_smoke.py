@@ -21,6 +21,7 @@ SECTIONS = (
     "## Provisioning",
     "## Read, write, list (one tenant)",
     "## Writes (one tenant)",
+    "## Noisy neighbour: fair share of the pool (issue 19)",
     "## Tenant scaling",
     "## Event loop under a slow Redis",
     "## Fleet migration",
@@ -84,6 +85,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         "write POST /v1/projects: p99 ≤ 3× bare p99",
         "create with Idempotency-Key ≤ 1.3× the CPU per request of the plain create",
         "two workers: create ≥ 1.6× one worker's requests/s",
+        "noisy neighbour: B's p99 beside A's flood ≤ 1.5× B's p99 alone (fair share on)",
+        "noisy neighbour: A gets 429 tenant_busy rather than slowing B",
+        "fair share admission ≤ 20 µs CPU per transaction",
     ):
         (line,) = [line for line in text.splitlines() if line.startswith(f"| {target}")]
         assert line.endswith(("| met |", "| **missed** |")), line  # measured either way
@@ -125,5 +129,45 @@ def test_request_profile_writes_every_part(tmp_path: Path) -> None:
         "write over the bare insert",
         "write over a cached read",
         "Idempotency-Key (create with a fresh key, vs without)",
+        "fair share admission (tenant slot + statement timeout in the pin, vs neither)",
+        "fair share admission, its code alone (slot, pin SQL; no round trips)",
     ):
         assert part in text, part
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="the benchmark needs wrk (apt-get install wrk)"
+)
+def test_noisy_section_alone_replaces_its_block_and_keeps_the_rest(tmp_path: Path) -> None:
+    output = tmp_path / "benchmarks.md"
+    output.write_text(
+        "# Benchmarks\n\nkept above\n\n"
+        "<!-- noisy:begin -->\nold\n<!-- noisy:end -->\n\nkept below\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--quick",
+            "--only",
+            "noisy",
+            "--duration",
+            "1s",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = output.read_text()
+    assert "kept above" in text and "kept below" in text and "\nold\n" not in text
+    assert text.count("<!-- noisy:begin -->") == 1 and text.count("<!-- noisy:end -->") == 1
+    (on,) = [line for line in text.splitlines() if line.startswith("| fair share on |")]
+    assert "429 tenant_busy" in on, on  # A refused, with the code, while B was measured
+    (off,) = [line for line in text.splitlines() if line.startswith("| fair share off |")]
+    assert "tenant_busy" not in off, off
+    assert "--only noisy" in text

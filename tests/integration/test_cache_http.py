@@ -43,9 +43,9 @@ def counting_pins() -> Iterator[list[str]]:
     pins: list[str] = []
     build = pool_module.begin_pinned_sql
 
-    def record(tenant: TenantSchema, *, read_only: bool = False) -> str:
+    def record(tenant: TenantSchema, **options: Any) -> str:
         pins.append(tenant.schema)
-        return build(tenant, read_only=read_only)
+        return build(tenant, **options)
 
     pool_module.begin_pinned_sql = record
     try:

@@ -77,7 +77,7 @@ async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIter
     tenant = admitted.tenant
     invalidation = CacheInvalidation()
     async with state.connections.transaction(
-        tenant.location, timeout=state.settings.db_request_timeout_seconds
+        tenant.location, timeout=state.settings.db_request_timeout_seconds, share=tenant.share
     ) as conn:
         yield TenantWrite(conn, admitted.principal, invalidation)
     await invalidation.apply(state.cache, tenant.keys)
