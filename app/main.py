@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from app import metrics
 from app.api.admission import get_admission
 from app.api.cached_reads import CachedReadsFirst
-from app.api.endpoints import audit, platform, projects, tasks, tenant_self, tenants
+from app.api.endpoints import audit, plans, platform, projects, tasks, tenant_self, tenants
 from app.api.instrumentation import instrument
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_error_handlers
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform.router)
     app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
+    app.include_router(plans.router)
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,
     # access log line and metrics.

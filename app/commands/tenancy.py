@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create = tsub.add_parser("create", help="provision a tenant")
     create.add_argument("slug")
     create.add_argument("--name")
-    create.add_argument("--plan", choices=["free", "pro", "enterprise"], default="free")
+    create.add_argument("--plan", default="free", help="a plan's name (free, pro, enterprise, ...)")
     create.add_argument("--rate-limit")
     create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
     create.set_defaults(func=_create_tenant)

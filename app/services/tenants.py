@@ -18,10 +18,12 @@ from app.core.errors import Conflict, NotFound
 from app.db import tenancy
 from app.db.migrate import tenant_script, tenant_stamp_sql, upgrade_tenant_schema
 from app.db.repositories import tenants as repo
+from app.db.repositories.tenants import PlanLimits
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
 from app.db.tenancy import TenantSchema
 from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services.pagination import created, cut_page, decode_cursor
+from app.services.quotas import UNLIMITED, TenantQuotas, UnknownPlan
 
 logger = logging.getLogger("tessera.tenants")
 
@@ -49,19 +51,33 @@ class Tenant:
     name: str
     plan: str
     status: str
-    rate_limit: str
+    rate_limit: str  # its own, else its plan's, else RATE_LIMIT_DEFAULT
     location: TenantSchema
+    # From its plan; None: the server's default.
+    max_concurrent_transactions: int | None = None
+    statement_timeout_ms: int | None = None
+    quotas: TenantQuotas = UNLIMITED
 
     @classmethod
-    def from_record(cls, record: TenantRecord, default_rate_limit: str) -> Tenant:
+    def from_record(
+        cls,
+        record: TenantRecord,
+        default_rate_limit: str,
+        plan: PlanLimits | None = None,
+        storage_bytes: int | None = None,
+    ) -> Tenant:
+        plan = plan or PlanLimits()
         return cls(
             id=record.id,
             slug=record.slug,
             name=record.name,
             plan=record.plan,
             status=record.status,
-            rate_limit=record.rate_limit or default_rate_limit,
+            rate_limit=record.rate_limit or plan.rate_limit or default_rate_limit,
             location=TenantSchema(schema=record.schema, role=record.db_role),
+            max_concurrent_transactions=plan.max_concurrent_transactions,
+            statement_timeout_ms=plan.statement_timeout_ms,
+            quotas=TenantQuotas.of(plan, storage_bytes),
         )
 
 
@@ -79,7 +95,8 @@ class TenantRegistry:
 
     An entry is fresh for `ttl` seconds after its load began. Once `start()`ed, the
     registry also follows the change notifications of `platform.tenants`
-    (`app/db/tenant_changes.py`): each drops the entry it names, and an entry loaded while
+    (`app/db/tenant_changes.py`; a change of a plan notifies every tenant): each drops the
+    entry it names, and an entry loaded while
     they were being heard stays fresh as long as they are proven to arrive, at most `ttl`
     seconds behind. Either way a suspend or a plan change is in force on every replica
     within a second; with notifications, a tenant's lookups stop costing a query.
@@ -182,10 +199,11 @@ class TenantRegistry:
 
     async def _load(self, slug: str) -> Tenant | None:
         async with asyncio.timeout(self._timeout), self._engine.connect() as conn:
-            record = await repo.get_by_slug(conn, slug)
-        if record is None or record.status == "provisioning":
+            found = await repo.get_with_plan(conn, slug)
+        if found is None or found[0].status == "provisioning":
             return None
-        return Tenant.from_record(record, self._default_rate_limit)
+        record, plan, storage_bytes = found
+        return Tenant.from_record(record, self._default_rate_limit, plan, storage_bytes)
 
 
 # --- provisioning ---------------------------------------------------------------------
@@ -248,6 +266,8 @@ async def create_tenant(
     except IntegrityError as exc:
         if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
             raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
+        if "fk_tenants_plan_plans" in str(exc.orig):
+            raise UnknownPlan(plan) from exc
         raise
     except ProgrammingError as exc:
         # Roles are server-wide: another database on this server (or a stale role) may hold
@@ -285,10 +305,15 @@ async def list_tenants(
 
 
 async def update_tenant(engine: AsyncEngine, slug: str, **changes: object) -> TenantRecord:
-    async with engine.begin() as conn:
-        if not changes:
-            return await _get_or_404(conn, slug)
-        record = await repo.update_tenant(conn, slug, **changes)
+    try:
+        async with engine.begin() as conn:
+            if not changes:
+                return await _get_or_404(conn, slug)
+            record = await repo.update_tenant(conn, slug, **changes)
+    except IntegrityError as exc:
+        if "fk_tenants_plan_plans" in str(exc.orig):
+            raise UnknownPlan(str(changes.get("plan"))) from exc
+        raise
     if record is None:
         raise TenantNotFound(f"No tenant with slug {slug!r}.")
     return record

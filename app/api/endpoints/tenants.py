@@ -23,6 +23,7 @@ from app.schemas.tenants import (
     TenantUpdate,
 )
 from app.services import placement
+from app.services import plans as plans_service
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenants import TenantRegistry
@@ -39,11 +40,34 @@ router = APIRouter(
 TenantSlug = Annotated[str, Path(min_length=SLUG_MIN, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 
 
-def _out(request: Request, record: service.TenantRecord) -> TenantOut:
-    """A tenant as the admin API shows it: with the default rate limit where it has none."""
+async def _shown(
+    request: Request, engine: EngineDep, *records: service.TenantRecord
+) -> list[TenantOut]:
+    """Tenants as the admin API shows them: with the limit in force, their own, else their
+    plan's, else the default."""
     default = request.app.state.settings.rate_limit_default
-    shown = replace(record, rate_limit=record.rate_limit or default)
-    return TenantOut.model_validate(shown, from_attributes=True)
+    by_plan = await plans_service.rate_limits(engine)
+    return [
+        TenantOut.model_validate(
+            replace(r, rate_limit=r.rate_limit or by_plan.get(r.plan) or default),
+            from_attributes=True,
+        )
+        for r in records
+    ]
+
+
+async def _out(request: Request, engine: EngineDep, record: service.TenantRecord) -> TenantOut:
+    return (await _shown(request, engine, record))[0]
+
+
+# 422 on a create or an update: the body's form, or a plan that does not exist.
+UNKNOWN_PLAN: dict[int | str, dict[str, Any]] = {
+    422: {
+        **responses(422)[422],
+        "description": "Validation error (`validation_error`, with `errors`), or no plan of "
+        "that name (`unknown_plan`)",
+    }
+}
 
 
 def _forget(request: Request, slug: str) -> None:
@@ -56,7 +80,7 @@ def _forget(request: Request, slug: str) -> None:
     status_code=status.HTTP_201_CREATED,
     response_model=TenantOut,
     summary="Provision a tenant: role, schema and tables at the latest migration",
-    responses=responses(409, 422),
+    responses={**responses(409), **UNKNOWN_PLAN},
 )
 async def create_tenant(
     request: Request, response: Response, body: TenantCreate, engine: EngineDep
@@ -76,7 +100,7 @@ async def create_tenant(
     # generation keeps the new tenant from ever reading the old one's entries.
     await request.app.state.cache.bump_generation(record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
-    return _out(request, record)
+    return await _out(request, engine, record)
 
 
 @router.get("", response_model=Page[TenantOut], summary="List tenants, newest first")
@@ -93,19 +117,20 @@ async def list_tenants(
     records, next_cursor = await service.list_tenants(
         engine, limit=limit, status=status_, cursor=cursor
     )
-    return Page[TenantOut](items=[_out(request, r) for r in records], next_cursor=next_cursor)
+    items = await _shown(request, engine, *records)
+    return Page[TenantOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/{slug}", response_model=TenantOut, summary="One tenant", responses=responses(404))
 async def get_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
-    return _out(request, await service.get_tenant(engine, slug))
+    return await _out(request, engine, await service.get_tenant(engine, slug))
 
 
 @router.patch(
     "/{slug}",
     response_model=TenantOut,
     summary="Change name, plan or rate limit (in force everywhere within 1 s)",
-    responses=responses(404, 422),
+    responses={**responses(404), **UNKNOWN_PLAN},
 )
 async def update_tenant(
     request: Request, slug: TenantSlug, body: TenantUpdate, engine: EngineDep
@@ -113,13 +138,13 @@ async def update_tenant(
     changes = body.model_dump(exclude_unset=True)
     record = await service.update_tenant(engine, slug, **changes)
     _forget(request, slug)
-    return _out(request, record)
+    return await _out(request, engine, record)
 
 
 async def _set_status(request: Request, slug: str, engine: EngineDep, new: str) -> TenantOut:
     record = await service.update_tenant(engine, slug, status=new)
     _forget(request, slug)
-    return _out(request, record)
+    return await _out(request, engine, record)
 
 
 SUSPEND_SUMMARY = "Suspend: the tenant's tokens get 403 within 1 s; data is kept"
