@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -44,9 +44,16 @@ class PayloadTooLarge(HTTPException):
 class RequestContextMiddleware:
     """One pass per request for everything that wraps it; cheaper than a stack of middlewares."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        on_tenant: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.on_tenant = on_tenant  # also told of each tenant request (the usage tally)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +121,8 @@ class RequestContextMiddleware:
             tenant = tenant_var.get()
             if tenant is not None:  # set by the tenant dependency once the tenant is known
                 record_tenant_request(tenant, status)
+                if self.on_tenant is not None:
+                    self.on_tenant(tenant, status)
             tenant_var.reset(tenant_token)
             request_id_var.reset(id_token)
 

@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
     create.set_defaults(func=_create_tenant)
 
+    usage = tsub.add_parser("usage", help="tenant usage figures")
+    usub = usage.add_subparsers(dest="usage_command", required=True)
+    refresh = usub.add_parser(
+        "refresh", help="measure rows and storage of every tenant now (the app does it too)"
+    )
+    refresh.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    refresh.set_defaults(func=_refresh_usage)
+
 
 def _migrate(args: argparse.Namespace) -> int:
     return asyncio.run(_migrate_async(args))
@@ -125,6 +133,7 @@ def _create_tenant(args: argparse.Namespace) -> int:
 async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.config import validate_rate_limit
     from app.core.slugs import slug_problem
+    from app.services.quotas import UnknownPlan
     from app.services.tenants import TenantExists, create_tenant
 
     problem = slug_problem(args.slug)
@@ -148,6 +157,9 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
             plan=args.plan,
             rate_limit=args.rate_limit,
         )
+    except UnknownPlan:
+        print(f"error: no plan named {args.plan!r}", file=sys.stderr)
+        return 2
     except TenantExists:
         if args.if_missing:
             print(f"tenant {args.slug} exists")
@@ -158,4 +170,21 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
         await engine.dispose()
     await drop_cached_reads(settings, [record.slug])  # as the admin API does
     print(f"tenant {record.slug} created: schema {record.schema} at {record.schema_version}")
+    return 0
+
+
+def _refresh_usage(args: argparse.Namespace) -> int:
+    return asyncio.run(_refresh_usage_async(args))
+
+
+async def _refresh_usage_async(args: argparse.Namespace) -> int:
+    from app.services.usage import refresh
+
+    engine = build_engine(get_settings())
+    started = time.monotonic()
+    try:
+        measured = await refresh(engine, args.tenant)
+    finally:
+        await engine.dispose()
+    print(f"usage: {measured} tenants measured ({time.monotonic() - started:.2f} s)")
     return 0

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # change notifications are proven to arrive, how far behind them it may be.
     tenant_registry_ttl_seconds: float = Field(default=0.8, ge=0, le=0.9)
 
+    # How often the kept usage figures (rows, storage) are measured; 0: only by the CLI.
+    usage_refresh_seconds: float = Field(default=60.0, ge=0)
+
     metrics_token: str | None = None
     # Production refuses /metrics without a token unless this says it is meant (a port only
     # the scraper reaches): the metrics name every tenant with its traffic.

@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories.tenants import TenantRecord
+from app.services import usage
 from app.services.tenants import get_tenant
 from tests.conftest import MakeToken
 from tests.factories import ProjectFactory, TaskFactory, post_project
@@ -128,3 +129,42 @@ async def test_a_quota_raised_on_the_plan_lets_creates_through_within_1s(
             return await post(replica, headers, "/v1/projects", ProjectFactory())
 
         await eventually(create, 201, within=1.0)
+
+
+async def test_past_the_storage_quota_as_last_measured_creates_get_403_on_every_replica(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: Headers,
+    make_token: MakeToken,
+    unique_slug: Callable[[str], str],
+    engine: AsyncEngine,
+) -> None:
+    plan, slug, headers = await tenant_on_plan(
+        client, admin, make_token, unique_slug, max_storage_bytes=100_000
+    )
+    project = await post_project(client, headers)  # not measured yet: nothing to refuse
+    for replica in (client, second_client):  # both have the tenant, unmeasured, in memory
+        assert (await replica.get("/v1/tenant", headers=headers)).status_code == 200
+    await usage.refresh(engine, [slug])  # an empty schema's tables and indexes: > 100 kB
+    measured = (await client.get(f"/admin/v1/tenants/{slug}/usage", headers=admin)).json()
+    assert measured["storage_bytes"] > 100_000
+    tasks_url = f"/v1/projects/{project['id']}/tasks"
+    for replica in (client, second_client):
+
+        async def refused(replica: httpx.AsyncClient = replica) -> int:
+            return await post(replica, headers, tasks_url, TaskFactory())
+
+        await eventually(refused, 403, within=1.0)
+    response = await client.post("/v1/projects", json=ProjectFactory(), headers=headers)
+    body = assert_problem(response, 403, "quota_exceeded")
+    assert (body["quota"], body["limit"], body["usage"]) == (
+        "max_storage_bytes",
+        100_000,
+        measured["storage_bytes"],
+    )
+    # Reads, updates and deletes go on: only creates count against a quota.
+    assert (await client.get(f"/v1/projects/{project['id']}", headers=headers)).status_code == 200
+    await client.patch(f"/admin/v1/plans/{plan}", json={"max_storage_bytes": None}, headers=admin)
+    await eventually(
+        lambda: post(client, headers, "/v1/projects", ProjectFactory()), 201, within=1.0
+    )
