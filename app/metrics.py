@@ -69,6 +69,13 @@ RATE_LIMIT_REJECTIONS = Counter(
     ("tenant",),
     registry=REGISTRY,
 )
+TENANT_BUSY_REJECTIONS = Counter(
+    "tessera_tenant_busy_rejections_total",
+    "Requests answered 429 tenant_busy: the tenant already ran its plan's number of "
+    "transactions at once on this replica (fair share of the pool).",
+    ("tenant",),
+    registry=REGISTRY,
+)
 CACHE_REQUESTS = Counter(
     "tessera_cache_requests_total",
     "Tenant cache lookups by result (error: Redis unreachable, cache bypassed).",
@@ -222,6 +229,10 @@ def record_tenant_request(tenant: str, status_code: int) -> None:
 
 def record_rate_limit_rejection(tenant: str) -> None:
     RATE_LIMIT_REJECTIONS.labels(tenant_label(tenant)).inc()
+
+
+def record_tenant_busy_rejection(tenant: str) -> None:
+    TENANT_BUSY_REJECTIONS.labels(tenant_label(tenant)).inc()
 
 
 def record_cache(result: Literal["hit", "miss", "error"]) -> None:
