@@ -132,3 +132,6 @@ return 1
 
 # A tenant's request counts as RECORD_REQUESTS keeps them. KEYS: the tenant's usage hash.
 READ_REQUESTS = "return redis.call('HGETALL', KEYS[1])\n"
+
+# A deleted tenant's request counts go with it. KEYS: the tenant's usage hash.
+FORGET_REQUESTS = "return redis.call('DEL', KEYS[1])\n"

@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from app.schemas.common import PatchModel, RequestModel
 from app.schemas.tenants import PlanName, RateLimit
 
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer: a number with no fraction (`3.0` is one), never `true` or `"3"`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError("must be an integer")
+    return value
+
+
 INT_MAX = 2**31 - 1  # PostgreSQL integer
-BIGINT_MAX = 2**63 - 1
+# The largest integer a JSON number holds exactly everywhere (8 PiB): 2**63 - 1 would be
+# rounded by clients that read JSON numbers as doubles.
+STORAGE_MAX = 2**53 - 1
 
 PlanRateLimit = Annotated[
     RateLimit, Field(description="null: RATE_LIMIT_DEFAULT (a tenant's own limit still wins)")
 ]
+# The bounds on the integer itself (not on the union with null), so the document has them.
 Concurrency = Annotated[
-    int | None,
-    Field(ge=1, le=10_000, description="null: the server's per-tenant default"),
+    Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_json_integer)] | None,
+    Field(description="null: the server's per-tenant default"),
 ]
 StatementTimeout = Annotated[
-    int | None,
-    Field(ge=1, le=3_600_000, description="Milliseconds; null: the server's default"),
+    Annotated[int, Field(ge=1, le=3_600_000), BeforeValidator(_json_integer)] | None,
+    Field(description="Milliseconds; null: the server's default"),
 ]
-CountQuota = Annotated[int | None, Field(ge=0, le=INT_MAX, description="null: unlimited")]
+CountQuota = Annotated[
+    Annotated[int, Field(ge=0, le=INT_MAX), BeforeValidator(_json_integer)] | None,
+    Field(description="null: unlimited"),
+]
 StorageQuota = Annotated[
-    int | None,
-    Field(ge=0, le=BIGINT_MAX, description="Bytes of the tenant's schema; null: unlimited"),
+    Annotated[int, Field(ge=0, le=STORAGE_MAX), BeforeValidator(_json_integer)] | None,
+    Field(description="Bytes of the tenant's schema; null: unlimited"),
 ]
 
 

@@ -57,6 +57,7 @@ class RequestTally:
         self._timeout: float | None = None
         self._record: Any = None
         self._read: Any = None
+        self._forget: Any = None
         self._task: asyncio.Task[None] | None = None
         self.outages = RedisOutageLog("usage")
 
@@ -82,6 +83,7 @@ class RequestTally:
         self._timeout = own_timeout(redis, timeout)
         self._record = redis.register_script(scripts.RECORD_REQUESTS)
         self._read = redis.register_script(scripts.READ_REQUESTS)
+        self._forget = redis.register_script(scripts.FORGET_REQUESTS)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -119,6 +121,18 @@ class RequestTally:
                 self.outages.report(result)
             elif isinstance(result, BaseException):
                 raise result
+
+    async def forget(self, tenant_slug: str) -> None:
+        """Drop a deleted tenant's counts, so a new tenant of its slug starts from none
+        (Redis down: they expire within 25 hours)."""
+        self._pending.pop(tenant_slug, None)
+        self._latest.pop(tenant_slug, None)
+        if self._forget is None:
+            return
+        try:
+            await within(self._timeout, self._forget(keys=[usage_key(tenant_slug)]))
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            self.outages.report(exc)
 
     async def counts(self, tenant_slug: str) -> RequestCounts | None:
         """The tenant's counts as Redis has them (None: Redis did not answer)."""

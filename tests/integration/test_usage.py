@@ -168,3 +168,20 @@ async def test_metrics_show_storage_and_quota_use_of_each_tenant(
         if s.name == "tessera_tenant_quota_used_ratio"
         and s.labels == {"tenant": slug, "quota": "max_tasks"}
     ]
+
+
+async def test_a_deleted_tenants_request_counts_go_with_it(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin: Headers,
+    make_token: MakeToken,
+    unique_slug: Callable[[str], str],
+) -> None:
+    slug, headers = await known_tenant(client, admin, make_token, unique_slug)
+    await app.state.request_tally.flush()
+    await client.post(f"/admin/v1/tenants/{slug}/suspend", headers=admin)
+    assert (await client.delete(f"/admin/v1/tenants/{slug}", headers=admin)).status_code == 204
+    assert (await create_tenant(client, admin, slug)).status_code == 201
+    body = (await client.get(f"/admin/v1/tenants/{slug}/usage", headers=admin)).json()
+    assert body["requests"]["last_hour"]["2xx"] == 0
+    assert body["last_request_at"] is None

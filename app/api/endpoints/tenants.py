@@ -212,4 +212,5 @@ async def delete_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -
     # Everything the tenant had cached goes at once (a generation bump); Redis being down
     # only leaves entries that expire with their TTL and can no longer be reached.
     await request.app.state.cache.bump_generation(slug)
+    await request.app.state.request_tally.forget(slug)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
