@@ -96,10 +96,10 @@ class TenantRegistry:
     An entry is fresh for `ttl` seconds after its load began. Once `start()`ed, the
     registry also follows the change notifications of `platform.tenants`
     (`app/db/tenant_changes.py`; a change of a plan notifies every tenant): each drops the
-    entry it names, and an entry loaded while
-    they were being heard stays fresh as long as they are proven to arrive, at most `ttl`
-    seconds behind. Either way a suspend or a plan change is in force on every replica
-    within a second; with notifications, a tenant's lookups stop costing a query.
+    entry it names, and an entry loaded while they were being heard stays fresh as long as
+    they are proven to arrive, at most `ttl` seconds behind. Either way a suspend or a plan
+    change is in force on every replica within a second; with notifications, a tenant's
+    lookups stop costing a query.
     """
 
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
