@@ -9,11 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
+from app.redis.client import build_redis
 from app.services import usage
+from app.services.request_usage import RequestTally, usage_key
 from tests.conftest import MakeToken
 from tests.factories import post_project, post_task
 from tests.integration.test_plans import create_plan, create_tenant
@@ -185,3 +189,46 @@ async def test_a_deleted_tenants_request_counts_go_with_it(
     body = (await client.get(f"/admin/v1/tenants/{slug}/usage", headers=admin)).json()
     assert body["requests"]["last_hour"]["2xx"] == 0
     assert body["last_request_at"] is None
+
+
+async def test_request_counts_fall_out_of_the_hour_and_the_day_and_old_buckets_go(
+    settings: Settings, unique_slug: Callable[[str], str], redis_client: aioredis.Redis
+) -> None:
+    now = [1_800_000_000.0]  # a 5-minute boundary and an hour boundary
+    tally = RequestTally(clock=lambda: now[0])
+    redis = build_redis(settings)
+    tally.bind(redis, timeout=1.0)
+    slug = unique_slug("clock")
+    try:
+        for status in (200, 201, 404, 503):
+            tally.record(slug, status)
+        await tally.flush()
+        now[0] += 2 * 3600  # two hours on: out of the last hour, still in the day
+        tally.record(slug, 200)
+        await tally.flush()
+        counts = await tally.counts(slug)
+        assert counts is not None
+        assert counts.last_hour == {"1xx": 0, "2xx": 1, "3xx": 0, "4xx": 0, "5xx": 0}
+        assert counts.last_day == {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 1}
+        assert counts.last_request_at == datetime.fromtimestamp(now[0], UTC)
+        now[0] += 23 * 3600  # the first requests are now 25 hours old
+        tally.record(slug, 200)
+        await tally.flush()
+        counts = await tally.counts(slug)
+        assert counts is not None
+        assert counts.last_day["2xx"] == 2
+        assert counts.last_day["5xx"] == 0
+        # Requests of four classes in each of 100 five-minute buckets (400 fields of them):
+        # the hash keeps about the buckets that still count, not all of them.
+        for _ in range(100):
+            now[0] += 300
+            for status in (101, 200, 404, 503):
+                tally.record(slug, status)
+            await tally.flush()
+        assert await redis_client.hlen(usage_key(slug)) <= 161 + 4 * 2
+        counts = await tally.counts(slug)
+        assert counts is not None
+        assert counts.last_hour["2xx"] == 12
+    finally:
+        await tally.aclose()
+        await redis.aclose()
