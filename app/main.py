@@ -14,12 +14,14 @@ from app.api.cached_reads import CachedReadsFirst
 from app.api.endpoints import (
     admin_audit,
     audit,
+    plans,
     platform,
     projects,
     tasks,
     tenant_archive,
     tenant_self,
     tenants,
+    usage,
 )
 from app.api.instrumentation import instrument
 from app.api.middleware import RequestContextMiddleware
@@ -33,7 +35,9 @@ from app.redis.client import build_redis
 from app.runtime import tuned_for_serving
 from app.services.cache import TenantCache
 from app.services.rate_limiter import TenantRateLimiter
+from app.services.request_usage import RequestTally
 from app.services.tenants import TenantRegistry
+from app.services.usage import UsageRefresher
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_result=metrics.record_cache,
         )
         app.state.tenant_registry.start()  # listens in the background; never waits here
+        tally.start(app.state.redis, timeout=settings.redis_timeout_seconds)
+        app.state.usage_refresher = UsageRefresher(app.state.engine, settings.usage_refresh_seconds)
+        app.state.usage_refresher.start()
         try:
             with tuned_for_serving():
                 yield
@@ -74,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if current is not None:
                 current.uncancel()
         finally:
+            await app.state.usage_refresher.aclose()
+            await tally.aclose()  # what was counted and not yet flushed goes to Redis
             await app.state.tenant_registry.aclose()
             await app.state.token_verifier.aclose()
             await app.state.redis.aclose()
@@ -91,12 +100,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    # Requests by tenant and status class, counted by the request middleware, kept in Redis.
+    app.state.request_tally = tally = RequestTally()
     install_error_handlers(app)
     app.include_router(platform.router)
     app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
     app.include_router(admin_audit.router)
     app.include_router(tenant_archive.router)
+    app.include_router(plans.router)
+    app.include_router(usage.router)
     app.include_router(tenant_api_router())
     # Inside the request middleware: what the fast path answers still gets its request id,
     # access log line and metrics.
@@ -105,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_limits={tenant_archive.IMPORT_PATH: settings.archive_max_bytes},
+        on_tenant=tally.record,
     )
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
     metrics.configure(settings.metrics_max_tenants)

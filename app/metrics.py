@@ -132,6 +132,20 @@ DB_POOL_MAX = Gauge(
     "Most connections the pool opens (DB_POOL_SIZE + DB_MAX_OVERFLOW).",
     registry=REGISTRY,
 )
+TENANT_STORAGE = Gauge(
+    "tessera_tenant_storage_bytes",
+    "Bytes of a tenant's schema as last measured (USAGE_REFRESH_SECONDS); tenants past "
+    "METRICS_MAX_TENANTS are summed in _other.",
+    ("tenant",),
+    registry=REGISTRY,
+)
+TENANT_QUOTA_USED = Gauge(
+    "tessera_tenant_quota_used_ratio",
+    "Use of a quota of the tenant's plan (0-1, past 1 when over), as last measured; only "
+    "quotas that are set; _other holds the highest of the tenants past METRICS_MAX_TENANTS.",
+    ("tenant", "quota"),
+    registry=REGISTRY,
+)
 
 # Labelled series that a dashboard or alert divides by must exist before their first event,
 # or a ratio shows "no data" instead of 0.
@@ -249,3 +263,24 @@ def set_database_up(up: bool) -> None:
 def set_redis_degraded(degraded: dict[RedisComponent, bool]) -> None:
     for component, is_degraded in degraded.items():
         REDIS_DEGRADED.labels(component).set(1 if is_degraded else 0)
+
+
+def set_tenant_usage(
+    storage: list[tuple[str, int]], quota_ratios: list[tuple[str, str, float]]
+) -> None:
+    """Replace the usage gauges: (slug, bytes) and (slug, quota, ratio), the largest tenants
+    first, so they are the ones that keep their own label."""
+    stored: dict[str, float] = {}
+    for slug, size in storage:
+        label = tenant_label(slug)
+        stored[label] = stored.get(label, 0) + size
+    ratios: dict[tuple[str, str], float] = {}
+    for slug, quota, ratio in quota_ratios:
+        key = (tenant_label(slug), quota)
+        ratios[key] = max(ratios.get(key, 0.0), ratio)
+    TENANT_STORAGE.clear()
+    for label, total in stored.items():
+        TENANT_STORAGE.labels(label).set(total)
+    TENANT_QUOTA_USED.clear()
+    for (label, quota), ratio in ratios.items():
+        TENANT_QUOTA_USED.labels(label, quota).set(ratio)

@@ -22,7 +22,7 @@ from starlette.datastructures import State
 
 from app.api.dependencies.auth import Principal, authenticate, bearer_scheme, check_scopes
 from app.api.middleware import add_response_headers
-from app.core.context import tenant_var
+from app.core.context import tenant_keys_var, tenant_var
 from app.core.errors import Forbidden, TenantNotFoundForToken, TokenPredatesTenant
 from app.services.cache import Prefetched, TenantCache
 from app.services.cache_entries import CacheKey
@@ -116,6 +116,7 @@ async def _tenant_of(registry: TenantRegistry, principal: Principal) -> Tenant:
     if tenant is None:
         raise TenantNotFoundForToken("The token's tenant does not exist.")
     tenant_var.set(tenant.slug)
+    tenant_keys_var.set(tenant.keys.prefix)
     issued_at = principal.issued_at
     if issued_at is not None and issued_at < tenant.created_at - registry.token_leeway:
         raise TokenPredatesTenant(

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from app.api.dependencies.db import TenantWork, TenantWrite
 from app.api.dependencies.idempotency import IdempotencyKeyHeader
-from app.api.errors import responses
+from app.api.errors import CREATE_FORBIDDEN, responses
 from app.api.preconditions import IfMatch, etag, if_match_versions
 from app.api.responses import create_once, created
 from app.services.idempotency import StoredResponse
@@ -131,7 +131,7 @@ def create_route(
             status_code=status.HTTP_201_CREATED,
             response_model=out,
             summary=summary,
-            responses=responses(*errors),
+            responses={**responses(*errors), **CREATE_FORBIDDEN},
         )
         return create
 

@@ -44,6 +44,26 @@ class Problem(BaseModel):
     errors: list[ValidationErrorItem] | None = None
 
 
+class QuotaProblem(Problem):
+    """A 403: with `code` `quota_exceeded`, the quota of the tenant's plan that the create
+    would pass, its limit and the current usage."""
+
+    quota: str | None = None
+    limit: int | None = None
+    usage: int | None = None
+
+
+# What a create answers 403 with: those of every tenant call, and a quota of its plan.
+CREATE_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {
+        "description": "Token valid but not allowed (`insufficient_scope`, `tenant_not_found`, "
+        "`tenant_suspended`), or the create would pass a quota of the tenant's plan "
+        "(`quota_exceeded`, with `quota`, `limit` and `usage`)",
+        "model": QuotaProblem,
+        "content": {"application/problem+json": {}},
+    }
+}
+
 ADMIN_ERRORS = (400, 401, 403, 413, 422, 503)
 TENANT_ERRORS = (400, 401, 403, 413, 422, 429, 503)
 

@@ -33,8 +33,10 @@ from app.metrics import (
     http_requests,
     set_database_up,
     set_tenant_counts,
+    set_tenant_usage,
 )
 from app.services import tenants as tenant_service
+from app.services import usage as usage_service
 
 logger = logging.getLogger("tessera.metrics")
 
@@ -173,8 +175,29 @@ async def collect_tenants(engine: AsyncEngine, head: str | None) -> None:
         TENANTS_BEHIND_HEAD.set(sum(behind for _, _, behind in rows))
 
 
+async def collect_usage(engine: AsyncEngine) -> None:
+    """The storage and quota-use gauges from the kept usage figures (one indexed read; the
+    refresh job measures). Like collect_tenants, a failure leaves them as they were."""
+    try:
+        async with asyncio.timeout(SCRAPE_QUERY_TIMEOUT_SECONDS):
+            kept = await usage_service.all_kept(engine)
+    except Exception as exc:
+        logger.debug("metrics: usage figures not readable: %s", type(exc).__name__)
+        return
+    set_tenant_usage(
+        [(k.slug, k.storage_bytes) for k in kept],
+        [
+            (k.slug, use.quota, use.percent / 100)
+            for k in kept
+            for use in k.quotas
+            if use.percent is not None
+        ],
+    )
+
+
 async def render(engine: AsyncEngine) -> bytes:
     """Collect the scrape-time metrics, then the whole registry in the text format."""
     collect_pool(engine)
     await collect_tenants(engine, tenant_migrations_head())
+    await collect_usage(engine)
     return generate_latest(REGISTRY)

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem_response, unhandled_error_response
-from app.core.context import request_id_var, tenant_var
+from app.core.context import request_id_var, tenant_keys_var, tenant_var
 from app.metrics import record_tenant_request
 
 access_logger = logging.getLogger("tessera.access")
@@ -50,11 +50,13 @@ class RequestContextMiddleware:
         *,
         max_body_bytes: int,
         body_limits: Mapping[str, int] | None = None,
+        on_tenant: Callable[[str, int], None] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         # Paths whose bodies have a limit of their own (a tenant archive's import).
         self.body_limits = dict(body_limits or {})
+        self.on_tenant = on_tenant  # also told of each tenant request (the usage tally)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +66,7 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or str(uuid.uuid4())
         id_token = request_id_var.set(request_id)
         tenant_token = tenant_var.set(None)
+        keys_token = tenant_keys_var.set(None)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -122,6 +125,10 @@ class RequestContextMiddleware:
             tenant = tenant_var.get()
             if tenant is not None:  # set by the tenant dependency once the tenant is known
                 record_tenant_request(tenant, status)
+                prefix = tenant_keys_var.get()
+                if self.on_tenant is not None and prefix is not None:
+                    self.on_tenant(prefix, status)
+            tenant_keys_var.reset(keys_token)
             tenant_var.reset(tenant_token)
             request_id_var.reset(id_token)
 

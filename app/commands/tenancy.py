@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create = tsub.add_parser("create", help="provision a tenant")
     create.add_argument("slug")
     create.add_argument("--name")
-    create.add_argument("--plan", choices=["free", "pro", "enterprise"], default="free")
+    create.add_argument("--plan", default="free", help="a plan's name (free, pro, enterprise, ...)")
     create.add_argument("--rate-limit")
     create.add_argument("--if-missing", action="store_true", help="succeed if it exists")
     create.set_defaults(func=_create_tenant)
@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     purge.set_defaults(func=_purge_tenants)
     tenant_archive.register(tsub)  # export, import
+
+    usage = tsub.add_parser("usage", help="tenant usage figures")
+    usub = usage.add_subparsers(dest="usage_command", required=True)
+    refresh = usub.add_parser(
+        "refresh", help="measure rows and storage of every tenant now (the app does it too)"
+    )
+    refresh.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    refresh.set_defaults(func=_refresh_usage)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -142,6 +150,7 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
     from app.core.slugs import slug_problem
     from app.services.admin_audit import cli_actor
     from app.services.provisioning import create_tenant
+    from app.services.quotas import UnknownPlan
     from app.services.tenants import TenantExists
 
     problem = slug_problem(args.slug)
@@ -166,6 +175,9 @@ async def _create_tenant_async(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             actor=cli_actor(),
         )
+    except UnknownPlan:
+        print(f"error: no plan named {args.plan!r}", file=sys.stderr)
+        return 2
     except TenantExists:
         if args.if_missing:
             print(f"tenant {args.slug} exists")
@@ -217,3 +229,20 @@ async def _purge_tenants_async(args: argparse.Namespace) -> int:
         print(f"FAILED {slug}: {error}", file=sys.stderr)
     print(f"purged {len(report.purged)}, failed {len(report.failed)}")
     return 1 if report.failed else 0
+
+
+def _refresh_usage(args: argparse.Namespace) -> int:
+    return asyncio.run(_refresh_usage_async(args))
+
+
+async def _refresh_usage_async(args: argparse.Namespace) -> int:
+    from app.services.usage import refresh
+
+    engine = build_engine(get_settings())
+    started = time.monotonic()
+    try:
+        measured = await refresh(engine, args.tenant)
+    finally:
+        await engine.dispose()
+    print(f"usage: {measured} tenants measured ({time.monotonic() - started:.2f} s)")
+    return 0

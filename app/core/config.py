@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # so the server ends a runaway query (503 statement_timeout) before the client gives up.
     tenant_statement_timeout_ms: int = Field(default=3000, ge=0, le=3_600_000)
 
+    # How often the kept usage figures (rows, storage) are measured; 0: only by the CLI.
+    usage_refresh_seconds: float = Field(default=60.0, ge=0)
+
     metrics_token: str | None = None
     # Production refuses /metrics without a token unless this says it is meant (a port only
     # the scraper reaches): the metrics name every tenant with its traffic.

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.tenants import Plan, RateLimit, Slug, TenantName
+from app.schemas.tenants import PlanName, RateLimit, Slug, TenantName
 
 ARCHIVE_FORMAT: Literal["tessera-tenant-archive"] = "tessera-tenant-archive"
 ARCHIVE_FORMAT_VERSION: Literal[1] = 1
@@ -43,7 +43,7 @@ class ArchiveManifest(BaseModel):
     format_version: Literal[1] = ARCHIVE_FORMAT_VERSION
     slug: Slug
     name: TenantName
-    plan: Plan
+    plan: PlanName
     rate_limit: RateLimit = None
     # The tenant migration revision the rows were exported at (migrations/tenant).
     schema_version: str = Field(pattern=r"^[A-Za-z0-9_]{1,64}$")

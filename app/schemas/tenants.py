@@ -12,7 +12,18 @@ from app.core.config import validate_rate_limit
 from app.core.slugs import RESERVED_SLUGS, SLUG_MAX, SLUG_MIN, SLUG_PATTERN, slug_problem
 from app.schemas.common import Omittable, PatchModel, RequestModel, SafeStr
 
-Plan = Literal["free", "pro", "enterprise"]
+PLAN_NAME_MIN, PLAN_NAME_MAX = 2, 40
+# A plan's name: the slug pattern; any existing plan (`free`, `pro`, `enterprise` from the
+# start; GET /admin/v1/plans lists them), else 422 `unknown_plan`.
+PlanName = Annotated[
+    str,
+    Field(
+        min_length=PLAN_NAME_MIN,
+        max_length=PLAN_NAME_MAX,
+        pattern=SLUG_PATTERN,
+        examples=["free", "pro", "enterprise"],
+    ),
+]
 Status = Literal["active", "suspended", "deleted"]
 
 
@@ -56,7 +67,7 @@ RateLimit = Annotated[
         max_length=200,
         pattern=RATE_LIMIT_PATTERN,
         examples=["600/minute", "10/second;1000/hour"],
-        description="null: RATE_LIMIT_DEFAULT",
+        description="null: the plan's limit, else RATE_LIMIT_DEFAULT",
     ),
     AfterValidator(_rate_limit),
 ]
@@ -66,15 +77,16 @@ TenantName = Annotated[SafeStr, Field(min_length=1, max_length=200)]
 class TenantCreate(RequestModel):
     slug: Slug
     name: TenantName
-    plan: Plan = "free"
+    plan: PlanName = "free"
     rate_limit: RateLimit = None
 
 
 class TenantUpdate(PatchModel):
-    """Fields left out stay as they are; `rate_limit: null` returns to RATE_LIMIT_DEFAULT."""
+    """Fields left out stay as they are; `rate_limit: null` returns to the plan's limit
+    (else RATE_LIMIT_DEFAULT)."""
 
     name: Omittable[TenantName] = None
-    plan: Omittable[Plan] = None
+    plan: Omittable[PlanName] = None
     rate_limit: RateLimit = None
 
 
@@ -82,9 +94,11 @@ class TenantOut(BaseModel):
     id: uuid.UUID
     slug: str
     name: str
-    plan: Plan
+    plan: str
     status: Status
-    rate_limit: str = Field(description="The tenant's own limit, or RATE_LIMIT_DEFAULT")
+    rate_limit: str = Field(
+        description="The tenant's own limit, else its plan's, else RATE_LIMIT_DEFAULT"
+    )
     schema_: str = Field(alias="schema", serialization_alias="schema")
     schema_version: str | None
     created_at: datetime
@@ -99,7 +113,7 @@ class TenantOut(BaseModel):
 class TenantSelf(BaseModel):
     slug: str
     name: str
-    plan: Plan
+    plan: str
     status: Status
     rate_limit: str
 

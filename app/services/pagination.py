@@ -25,13 +25,25 @@ Row = TypeVar("Row")
 
 
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
-    micros = (at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{row_id.hex}"
+    return encode_position((at - _EPOCH) // timedelta(microseconds=1), row_id)
+
+
+def encode_position(number: int, row_id: uuid.UUID) -> str:
+    """A cursor of another order's keyset: a number (0 to 16 digits) and an id."""
+    return f"{number}-{row_id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
     """The position a cursor names (None for the empty cursor: the first page); any other
     string is a 422 `invalid_cursor`."""
+    position = decode_position(cursor)
+    if position is None:
+        return None
+    return _EPOCH + timedelta(microseconds=position[0]), position[1]
+
+
+def decode_position(cursor: str) -> tuple[int, uuid.UUID] | None:
+    """decode_cursor's number and id, for a keyset that is not (created_at, id)."""
     match = _CURSOR_RE.fullmatch(cursor)
     if match is None:
         raise UnprocessableEntity(
@@ -45,8 +57,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
         )
     if not cursor:
         return None
-    micros, _, hex_id = cursor.partition("-")
-    return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id)
+    number, _, hex_id = cursor.partition("-")
+    return int(number), uuid.UUID(hex=hex_id)
 
 
 def cut_page(

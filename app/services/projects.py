@@ -7,11 +7,14 @@ from collections.abc import Collection
 
 from app.core.errors import NotFound
 from app.db.executor import Executor
+from app.db.models.tenant import projects
 from app.db.repositories import projects as repo
 from app.db.repositories.projects import ProjectRecord as ProjectRecord  # the service's types
+from app.db.repositories.quota_counts import count_rows
 from app.schemas.projects import ProjectCreate, ProjectUpdate
 from app.services.clock import utcnow
 from app.services.pagination import created, cut_page, decode_cursor
+from app.services.quotas import UNLIMITED, QuotaExceeded, TenantQuotas
 from app.services.versioned import Resource
 
 
@@ -28,16 +31,26 @@ PROJECT: Resource[ProjectRecord] = Resource(
 )
 
 
-async def create_project(conn: Executor, body: ProjectCreate, *, actor: str) -> ProjectRecord:
+async def create_project(
+    conn: Executor, body: ProjectCreate, *, actor: str, quotas: TenantQuotas = UNLIMITED
+) -> ProjectRecord:
+    """Create the project, within the tenant's quotas (403 quota_exceeded)."""
+    quotas.check_storage()
     at = utcnow()
-    return await repo.insert_project(
+    record = await repo.insert_project(
         conn,
         id=uuid.uuid4(),
         name=body.name,
         description=body.description,
         at=at,
         event=PROJECT.event("created", actor=actor, at=at),
+        max_projects=quotas.max_projects,
     )
+    if record is None:  # at the quota (counted under the tenant's quota lock, still held)
+        assert quotas.max_projects is not None
+        usage = await count_rows(conn, projects)
+        raise QuotaExceeded("max_projects", limit=quotas.max_projects, usage=usage)
+    return record
 
 
 async def get_project(conn: Executor, project_id: uuid.UUID) -> ProjectRecord:

@@ -17,6 +17,7 @@ from app.db.repositories import tenants as repo
 from app.db.tenancy import TenantSchema
 from app.services import admin_audit
 from app.services.admin_audit import SYSTEM_ACTOR
+from app.services.quotas import UnknownPlan
 from app.services.tenants import TenantExists, TenantRecord
 
 DUPLICATE_OBJECT = "42710"  # SQLSTATE of CREATE ROLE on a name already taken
@@ -99,6 +100,8 @@ async def create_tenant(
     except IntegrityError as exc:
         if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
             raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
+        if "fk_tenants_plan_plans" in str(exc.orig):
+            raise UnknownPlan(plan) from exc
         raise
     except ProgrammingError as exc:
         # Roles are server-wide: another database on this server (or a stale role) may hold

@@ -7,14 +7,17 @@ from collections.abc import Collection
 
 from app.core.errors import NotFound
 from app.db.executor import Executor
+from app.db.models.tenant import tasks
 from app.db.repositories import projects as projects_repo
 from app.db.repositories import tasks as repo
+from app.db.repositories.quota_counts import count_rows
 from app.db.repositories.tasks import TaskFilter as TaskFilter  # the service's types
 from app.db.repositories.tasks import TaskRecord as TaskRecord
 from app.schemas.tasks import TaskCreate, TaskUpdate
 from app.services.clock import utcnow
 from app.services.pagination import created, cut_page, decode_cursor
 from app.services.projects import ProjectNotFound
+from app.services.quotas import UNLIMITED, QuotaExceeded, TenantQuotas
 from app.services.versioned import Resource
 
 
@@ -29,8 +32,16 @@ TASK: Resource[TaskRecord] = Resource("task", TaskNotFound, repo.get_task, repo.
 
 
 async def create_task(
-    conn: Executor, project_id: uuid.UUID, body: TaskCreate, *, actor: str
+    conn: Executor,
+    project_id: uuid.UUID,
+    body: TaskCreate,
+    *,
+    actor: str,
+    quotas: TenantQuotas = UNLIMITED,
 ) -> TaskRecord:
+    """Create the task in its project (404 without it), within the tenant's quotas (403
+    quota_exceeded)."""
+    quotas.check_storage()
     at = utcnow()
     record = await repo.insert_task(
         conn,
@@ -40,9 +51,15 @@ async def create_task(
         created_by=actor,
         at=at,
         event=TASK.event("created", actor=actor, at=at),
+        max_tasks=quotas.max_tasks,
     )
-    if record is None:  # the project is not there (the insert read it FOR KEY SHARE)
-        raise ProjectNotFound()
+    if record is None:
+        # The project is not there (the insert read it FOR KEY SHARE), or the tenant is at
+        # its quota (counted under its quota lock, still held).
+        if quotas.max_tasks is None or not await projects_repo.PROJECTS.exists(conn, project_id):
+            raise ProjectNotFound()
+        usage = await count_rows(conn, tasks)
+        raise QuotaExceeded("max_tasks", limit=quotas.max_tasks, usage=usage)
     return record
 
 

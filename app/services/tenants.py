@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.core.config import Settings
@@ -18,12 +19,14 @@ from app.core.errors import Conflict, NotFound
 from app.db.fair_share import TenantShare
 from app.db.migrate import tenant_script
 from app.db.repositories import tenants as repo
+from app.db.repositories.tenants import PlanLimits
 from app.db.repositories.tenants import TenantRecord as TenantRecord  # the service's type
 from app.db.tenancy import TenantSchema
 from app.db.tenant_changes import EVERY_TENANT, TenantChangeFeed
 from app.services import admin_audit
 from app.services.admin_audit import SYSTEM_ACTOR
 from app.services.pagination import created, cut_page, decode_cursor
+from app.services.quotas import UNLIMITED, TenantQuotas, UnknownPlan
 from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.tenants")
@@ -58,13 +61,15 @@ class Tenant:
     name: str
     plan: str
     status: str
-    rate_limit: str
+    rate_limit: str  # its own, else its plan's, else RATE_LIMIT_DEFAULT
     location: TenantSchema
     keys: TenantKeys
     created_at: float
-    # Its fair share of the database on each replica (None: no cap, no statement timeout).
+    # Its fair share of the database on each replica, from its plan, else the settings'
+    # defaults (None: no cap, no statement timeout), and its plan's quotas.
     max_concurrent_transactions: int | None = None
     statement_timeout_ms: int | None = None
+    quotas: TenantQuotas = UNLIMITED
     share: TenantShare = field(init=False, repr=False, compare=False)  # what the pool takes
 
     def __post_init__(self) -> None:
@@ -72,20 +77,31 @@ class Tenant:
         object.__setattr__(self, "share", share)  # built once, not on every request
 
     @classmethod
-    def from_record(cls, record: TenantRecord, settings: Settings) -> Tenant:
+    def from_record(
+        cls,
+        record: TenantRecord,
+        settings: Settings,
+        plan: PlanLimits | None = None,
+        storage_bytes: int | None = None,
+    ) -> Tenant:
+        plan = plan or PlanLimits()
         return cls(
             id=record.id,
             slug=record.slug,
             name=record.name,
             plan=record.plan,
             status=record.status,
-            rate_limit=record.rate_limit or settings.rate_limit_default,
+            rate_limit=record.rate_limit or plan.rate_limit or settings.rate_limit_default,
             location=TenantSchema(schema=record.schema, role=record.db_role),
             keys=TenantKeys(record.slug, record.id),
             created_at=float(math.floor(record.created_at.timestamp())),
-            # The plan's, once plans say; until then the settings' defaults (0: none).
-            max_concurrent_transactions=settings.tenant_max_concurrent_transactions or None,
-            statement_timeout_ms=settings.tenant_statement_timeout_ms or None,
+            max_concurrent_transactions=plan.max_concurrent_transactions
+            or settings.tenant_max_concurrent_transactions
+            or None,
+            statement_timeout_ms=plan.statement_timeout_ms
+            or settings.tenant_statement_timeout_ms
+            or None,
+            quotas=TenantQuotas.of(plan, storage_bytes),
         )
 
 
@@ -103,10 +119,11 @@ class TenantRegistry:
 
     An entry is fresh for `ttl` seconds after its load began. Once `start()`ed, the
     registry also follows the change notifications of `platform.tenants`
-    (`app/db/tenant_changes.py`): each drops the entry it names, and an entry loaded while
-    they were being heard stays fresh as long as they are proven to arrive, at most `ttl`
-    seconds behind. Either way a suspend or a plan change is in force on every replica
-    within a second; with notifications, a tenant's lookups stop costing a query.
+    (`app/db/tenant_changes.py`; a change of a plan notifies every tenant): each drops the
+    entry it names, and an entry loaded while they were being heard stays fresh as long as
+    they are proven to arrive, at most `ttl` seconds behind. Either way a suspend or a plan
+    change is in force on every replica within a second; with notifications, a tenant's
+    lookups stop costing a query.
     """
 
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
@@ -209,10 +226,11 @@ class TenantRegistry:
 
     async def _load(self, slug: str) -> Tenant | None:
         async with asyncio.timeout(self._timeout), self._engine.connect() as conn:
-            record = await repo.get_by_slug(conn, slug)
-        if record is None or record.status == "provisioning":
+            found = await repo.get_with_plan(conn, slug)
+        if found is None or found[0].status == "provisioning":
             return None
-        return Tenant.from_record(record, self._settings)
+        record, plan, storage_bytes = found
+        return Tenant.from_record(record, self._settings, plan, storage_bytes)
 
 
 async def get_or_404(conn: AsyncConnection, slug: str, *, for_update: bool = False) -> TenantRecord:
@@ -249,22 +267,27 @@ async def update_tenant(
     status = changes.get("status")
     if status is not None and status not in STATUS_ACTIONS:
         raise ValueError(f"update_tenant cannot set status {status!r}")
-    async with engine.begin() as conn:
-        before = await get_or_404(conn, slug, for_update=True)
-        if before.status == "deleted":
-            raise TenantDeleted(f"Tenant {slug!r} is deleted; restore it before changing it.")
-        record = before
-        if changes:
-            updated = await repo.update_tenant(conn, slug, **changes)
-            assert updated is not None  # the row is locked, and live
-            record = updated
-        diff = {
-            field: {"from": getattr(before, field), "to": value}
-            for field, value in changes.items()
-            if getattr(before, field) != value
-        }
-        action = STATUS_ACTIONS[str(status)] if status is not None else "tenant.updated"
-        await admin_audit.record(conn, actor=actor, action=action, tenant=record, changes=diff)
+    try:
+        async with engine.begin() as conn:
+            before = await get_or_404(conn, slug, for_update=True)
+            if before.status == "deleted":
+                raise TenantDeleted(f"Tenant {slug!r} is deleted; restore it before changing it.")
+            record = before
+            if changes:
+                updated = await repo.update_tenant(conn, slug, **changes)
+                assert updated is not None  # the row is locked, and live
+                record = updated
+            diff = {
+                field: {"from": getattr(before, field), "to": value}
+                for field, value in changes.items()
+                if getattr(before, field) != value
+            }
+            action = STATUS_ACTIONS[str(status)] if status is not None else "tenant.updated"
+            await admin_audit.record(conn, actor=actor, action=action, tenant=record, changes=diff)
+    except IntegrityError as exc:
+        if "fk_tenants_plan_plans" in str(exc.orig):
+            raise UnknownPlan(str(changes.get("plan"))) from exc
+        raise
     return record
 
 

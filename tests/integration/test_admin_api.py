@@ -119,8 +119,9 @@ async def test_bad_plan_rate_limit_and_unknown_fields_are_422(
     client: httpx.AsyncClient, admin: dict[str, str], unique_slug: Callable[[str], str]
 ) -> None:
     assert_problem(
-        await create(client, admin, unique_slug("p"), plan="gold"), 422, "validation_error"
+        await create(client, admin, unique_slug("p"), plan="Gold!"), 422, "validation_error"
     )
+    assert_problem(await create(client, admin, unique_slug("p"), plan="gold"), 422, "unknown_plan")
     assert_problem(
         await create(client, admin, unique_slug("r"), rate_limit="lots"), 422, "validation_error"
     )

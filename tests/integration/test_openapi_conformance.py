@@ -239,6 +239,10 @@ def judged_checks(case: Case, response: Response) -> list[Any]:
     # space and reuses them across bodies, so a schema-valid request can be this refusal.
     if response.status_code == 422 and b'"code":"idempotency_key_reused"' in response.content:
         return [positive_data_acceptance]
+    # A tenant's plan must name a plan that exists (422 `unknown_plan`): plans are data, so
+    # the document gives the form of a plan's name and cannot list the names that exist.
+    if response.status_code == 422 and b'"code":"unknown_plan"' in response.content:
+        return [positive_data_acceptance]
     # /admin/v1/tenants/import is also /admin/v1/tenants/{slug} of a tenant named "import"
     # (GET, PATCH, DELETE route there), and Allow says so: the document lists the two paths
     # apart, so the check counts those methods as undocumented on this one.
@@ -264,6 +268,10 @@ def test_every_operation_answers_as_the_document_says(case: Case) -> None:
     case.validate_response(response, excluded_checks=judged_checks(case, response))
 
 
+def plan_names(url: str, headers: dict[str, str]) -> set[str]:
+    return {plan["name"] for plan in httpx.get(f"{url}/admin/v1/plans", headers=headers).json()}
+
+
 def admin_slugs(url: str, headers: dict[str, str]) -> list[str]:
     """Every tenant's slug, page by page."""
     slugs: list[str] = []
@@ -286,19 +294,22 @@ def test_chains_of_calls_answer_as_the_document_says(served: Served, plane: str)
     # Hypothesis replays a chain's draws and requires the same answers: a chain must not
     # change what the next one finds. So the admin chains leave out what cannot be undone
     # (deleting a tenant; a move, which on plain PostgreSQL always answers 409
-    # not_distributed), and each chain's own tenants are deleted after it (a chain that
-    # recreated one under a slug an earlier chain had taken would get 409, not 201:
-    # FlakyStrategyDefinition). The per-operation test above covers every operation.
+    # not_distributed; deleting a plan, which could take `free`, every new tenant's default,
+    # from the chains after it), and each chain's own tenants and plans are deleted after it
+    # (a chain that recreated one under a name an earlier chain had taken would get 409, not
+    # 201: FlakyStrategyDefinition). The per-operation test above covers every operation.
     schema = load_schema(
         served,
         plane,
         leave_out={
             ("DELETE", "/admin/v1/tenants/{slug}"),
             ("POST", "/admin/v1/tenants/{slug}/move"),
+            ("DELETE", "/admin/v1/plans/{name}"),
         },
     )
     admin = {"Authorization": f"Bearer {served.admin_token}"}
     before = set(admin_slugs(served.url, admin))
+    plans_before = plan_names(served.url, admin)
 
     class Chains(schema.as_state_machine()):  # type: ignore[misc]
         def teardown(self) -> None:
@@ -306,6 +317,9 @@ def test_chains_of_calls_answer_as_the_document_says(served: Served, plane: str)
                 base = f"{served.url}/admin/v1/tenants/{slug}"
                 httpx.post(f"{base}/suspend", headers=admin)
                 assert httpx.delete(base, headers=admin).status_code == 204
+            for name in plan_names(served.url, admin) - plans_before:
+                deleted = httpx.delete(f"{served.url}/admin/v1/plans/{name}", headers=admin)
+                assert deleted.status_code == 204
 
         def validate_response(
             self,

@@ -15,6 +15,7 @@ from app.api.dependencies.auth import Principal
 from app.db.executor import Executor
 from app.services.cache import TenantCache
 from app.services.cache_entries import CacheKey
+from app.services.quotas import UNLIMITED, TenantQuotas
 from app.services.tenant_keys import TenantKeys
 
 
@@ -52,12 +53,13 @@ class CacheInvalidation:
 class TenantWrite:
     """A request's work in its tenant: the pinned transaction, the caller, the cache entries
     to drop once it has committed, and the versions If-Match allows (None: any; set by the
-    route that takes If-Match)."""
+    route that takes If-Match), and the tenant's quotas."""
 
     conn: Executor
     actor: Principal
     invalidation: CacheInvalidation
     versions: Collection[int] | None = None
+    quotas: TenantQuotas = UNLIMITED  # the tenant's, for its creates
 
 
 async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIterator[TenantWrite]:
@@ -79,7 +81,7 @@ async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIter
     async with state.connections.transaction(
         tenant.location, timeout=state.settings.db_request_timeout_seconds, share=tenant.share
     ) as conn:
-        yield TenantWrite(conn, admitted.principal, invalidation)
+        yield TenantWrite(conn, admitted.principal, invalidation, quotas=tenant.quotas)
     await invalidation.apply(state.cache, tenant.keys)
 
 

@@ -30,7 +30,9 @@ router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=responses
     errors=(400, 409),
 )
 async def create_project(write: TenantWrite, body: ProjectCreate) -> service.ProjectRecord:
-    record = await service.create_project(write.conn, body, actor=write.actor.subject)
+    record = await service.create_project(
+        write.conn, body, actor=write.actor.subject, quotas=write.quotas
+    )
     write.invalidation.add(keys.project_pages())  # not on a replay: that changes nothing
     return record
 

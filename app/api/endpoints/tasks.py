@@ -33,7 +33,9 @@ router = APIRouter(tags=["tasks"], responses=responses(*TENANT_ERRORS))
 async def create_task(
     write: TenantWrite, body: TaskCreate, project_id: uuid.UUID
 ) -> service.TaskRecord:
-    record = await service.create_task(write.conn, project_id, body, actor=write.actor.subject)
+    record = await service.create_task(
+        write.conn, project_id, body, actor=write.actor.subject, quotas=write.quotas
+    )
     write.invalidation.add(keys.task_pages(project_id))  # not on a replay: that changes nothing
     return record
 

@@ -123,4 +123,4 @@ async def import_tenant(
     # No cache work: the new tenant's Redis keys carry its own id (decision 0022).
     forget_tenant(request, record.slug)
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
-    return tenant_out(request, record)
+    return await tenant_out(request, engine, record)

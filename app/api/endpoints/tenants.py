@@ -23,6 +23,7 @@ from app.schemas.tenants import (
     TenantUpdate,
 )
 from app.services import placement, provisioning, tenant_lifecycle
+from app.services import plans as plans_service
 from app.services import tenants as service
 from app.services.pagination import DEFAULT_LIMIT
 from app.services.tenant_keys import TenantKeys
@@ -40,11 +41,36 @@ router = APIRouter(
 TenantSlug = Annotated[str, Path(min_length=SLUG_MIN, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 
 
-def tenant_out(request: Request, record: service.TenantRecord) -> TenantOut:
-    """A tenant as the admin API shows it: with the default rate limit where it has none."""
+async def _shown(
+    request: Request, engine: EngineDep, *records: service.TenantRecord
+) -> list[TenantOut]:
+    """Tenants as the admin API shows them: with the limit in force, their own, else their
+    plan's, else the default."""
     default = request.app.state.settings.rate_limit_default
-    shown = replace(record, rate_limit=record.rate_limit or default)
-    return TenantOut.model_validate(shown, from_attributes=True)
+    by_plan = await plans_service.rate_limits(engine)
+    return [
+        TenantOut.model_validate(
+            replace(r, rate_limit=r.rate_limit or by_plan.get(r.plan) or default),
+            from_attributes=True,
+        )
+        for r in records
+    ]
+
+
+async def tenant_out(
+    request: Request, engine: EngineDep, record: service.TenantRecord
+) -> TenantOut:
+    return (await _shown(request, engine, record))[0]
+
+
+# 422 on a create or an update: the body's form, or a plan that does not exist.
+UNKNOWN_PLAN: dict[int | str, dict[str, Any]] = {
+    422: {
+        **responses(422)[422],
+        "description": "Validation error (`validation_error`, with `errors`), or no plan of "
+        "that name (`unknown_plan`)",
+    }
+}
 
 
 def forget_tenant(request: Request, slug: str) -> None:
@@ -57,7 +83,7 @@ def forget_tenant(request: Request, slug: str) -> None:
     status_code=status.HTTP_201_CREATED,
     response_model=TenantOut,
     summary="Provision a tenant: role, schema and tables at the latest migration",
-    responses=responses(409, 422),
+    responses={**responses(409), **UNKNOWN_PLAN},
 )
 async def create_tenant(
     request: Request, response: Response, body: TenantCreate, engine: EngineDep, admin: AdminDep
@@ -77,7 +103,7 @@ async def create_tenant(
     # No cache work: a slug may have named a deleted tenant, but its Redis keys carry its
     # id, which the new tenant does not share (docs/decisions/0022-tenant-identity-in-keys.md).
     response.headers["Location"] = f"/admin/v1/tenants/{record.slug}"
-    return tenant_out(request, record)
+    return await tenant_out(request, engine, record)
 
 
 @router.get("", response_model=Page[TenantOut], summary="List tenants, newest first")
@@ -94,19 +120,24 @@ async def list_tenants(
     records, next_cursor = await service.list_tenants(
         engine, limit=limit, status=status_, cursor=cursor
     )
-    return Page[TenantOut](items=[tenant_out(request, r) for r in records], next_cursor=next_cursor)
+    items = await _shown(request, engine, *records)
+    return Page[TenantOut](items=items, next_cursor=next_cursor)
 
 
 @router.get("/{slug}", response_model=TenantOut, summary="One tenant", responses=responses(404))
 async def get_tenant(request: Request, slug: TenantSlug, engine: EngineDep) -> TenantOut:
-    return tenant_out(request, await service.get_tenant(engine, slug))
+    return await tenant_out(request, engine, await service.get_tenant(engine, slug))
 
 
 @router.patch(
     "/{slug}",
     response_model=TenantOut,
     summary="Change name, plan or rate limit (in force everywhere within 1 s)",
-    responses=responses(404, 409, 422),
+    responses={
+        **responses(404, 409),
+        409: {**responses(409)[409], "description": "`tenant_deleted`: restore it first"},
+        **UNKNOWN_PLAN,
+    },
 )
 async def update_tenant(
     request: Request, slug: TenantSlug, body: TenantUpdate, engine: EngineDep, admin: AdminDep
@@ -114,7 +145,7 @@ async def update_tenant(
     changes = body.model_dump(exclude_unset=True)
     record = await service.update_tenant(engine, slug, actor=admin.subject, **changes)
     forget_tenant(request, slug)
-    return tenant_out(request, record)
+    return await tenant_out(request, engine, record)
 
 
 async def _set_status(
@@ -122,7 +153,7 @@ async def _set_status(
 ) -> TenantOut:
     record = await service.update_tenant(engine, slug, status=new, actor=actor)
     forget_tenant(request, slug)
-    return tenant_out(request, record)
+    return await tenant_out(request, engine, record)
 
 
 SUSPEND_SUMMARY = "Suspend: the tenant's tokens get 403 within 1 s; data is kept"
@@ -169,7 +200,7 @@ async def restore_tenant(
 ) -> TenantOut:
     record = await tenant_lifecycle.restore_tenant(engine, slug, actor=admin.subject)
     forget_tenant(request, slug)
-    return tenant_out(request, record)
+    return await tenant_out(request, engine, record)
 
 
 @router.post(
@@ -245,7 +276,7 @@ async def delete_tenant(
         # generation bump). Keeping a later tenant of this slug apart does not depend on
         # it (its keys carry another id); Redis being down only leaves entries that expire
         # with their TTL.
-        await request.app.state.cache.bump_generation(
-            TenantKeys(deletion.tenant.slug, deletion.tenant.id)
-        )
+        keys = TenantKeys(deletion.tenant.slug, deletion.tenant.id)
+        await request.app.state.cache.bump_generation(keys)
+        await request.app.state.request_tally.forget(keys)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

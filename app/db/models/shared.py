@@ -1,12 +1,15 @@
-"""The tenant registry in the shared `platform` schema."""
+"""The shared `platform` schema: the tenant registry, the plans, the kept usage figures."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
+    Integer,
     Table,
     Text,
     Uuid,
@@ -17,15 +20,43 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db.models.base import shared_metadata
 
+# A plan's limits; NULL: the server's default (rate limit, concurrency, statement timeout)
+# or no quota at all (projects, tasks, storage).
+plans = Table(
+    "plans",
+    shared_metadata,
+    Column("name", Text, primary_key=True),
+    Column("rate_limit", Text, nullable=True),
+    Column("max_concurrent_transactions", Integer, nullable=True),
+    Column("statement_timeout_ms", Integer, nullable=True),
+    Column("max_projects", Integer, nullable=True),
+    Column("max_tasks", Integer, nullable=True),
+    Column("max_storage_bytes", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "max_concurrent_transactions IS NULL OR max_concurrent_transactions >= 1",
+        name="max_concurrent_transactions",
+    ),
+    CheckConstraint(
+        "statement_timeout_ms IS NULL OR statement_timeout_ms >= 1", name="statement_timeout_ms"
+    ),
+    CheckConstraint("max_projects IS NULL OR max_projects >= 0", name="max_projects"),
+    CheckConstraint("max_tasks IS NULL OR max_tasks >= 0", name="max_tasks"),
+    CheckConstraint(
+        "max_storage_bytes IS NULL OR max_storage_bytes >= 0", name="max_storage_bytes"
+    ),
+)
+
 tenants = Table(
     "tenants",
     shared_metadata,
     Column("id", Uuid, primary_key=True),
     Column("slug", Text, nullable=False, unique=True),
     Column("name", Text, nullable=False),
-    Column("plan", Text, nullable=False),
+    Column("plan", Text, ForeignKey(plans.c.name), nullable=False, index=True),
     Column("status", Text, nullable=False),
-    # NULL: the tenant follows RATE_LIMIT_DEFAULT.
+    # NULL: the tenant follows its plan's rate limit, else RATE_LIMIT_DEFAULT.
     Column("rate_limit", Text, nullable=True),
     Column("schema", Text, nullable=False, unique=True),
     Column("db_role", Text, nullable=False, unique=True),
@@ -34,7 +65,6 @@ tenants = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Set exactly while the tenant is `deleted`: when `tessera tenants purge` may drop it.
     Column("purge_after", DateTime(timezone=True), nullable=True),
-    CheckConstraint("plan IN ('free', 'pro', 'enterprise')", name="plan"),
     CheckConstraint("status IN ('provisioning', 'active', 'suspended', 'deleted')", name="status"),
     CheckConstraint("(status = 'deleted') = (purge_after IS NOT NULL)", name="purge_after"),
 )
@@ -65,4 +95,20 @@ Index(
     admin_audit_events.c.tenant_slug,
     admin_audit_events.c.at.desc(),
     admin_audit_events.c.id.desc(),
+)
+
+# One row per tenant, written by `tessera tenants usage refresh` (and the app's background
+# refresh): what its schema holds, as of `refreshed_at`.
+tenant_usage = Table(
+    "tenant_usage",
+    shared_metadata,
+    Column("tenant_id", Uuid, ForeignKey(tenants.c.id, ondelete="CASCADE"), primary_key=True),
+    Column("storage_bytes", BigInteger, nullable=False),
+    Column("rows", JSONB, nullable=False),  # table name → live rows
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+    Index(
+        "ix_tenant_usage_storage_bytes_tenant_id",
+        text("storage_bytes DESC"),
+        text("tenant_id DESC"),
+    ),
 )

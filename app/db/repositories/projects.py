@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, bindparam, insert, select
+from sqlalchemy import DateTime, Uuid, bindparam, insert, select
 
 from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import projects
@@ -14,6 +14,7 @@ from app.db.repositories._keyset import older_than
 from app.db.repositories._records import RowRecord
 from app.db.repositories._versioned import VersionedTable
 from app.db.repositories.audit import AuditEntry, with_event
+from app.db.repositories.quota_counts import below_quota, lock_for_quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,24 @@ _INSERT_PROJECT = prebuilt(
     )
 )
 
+# The same insert under a quota: no row (and no event) once the tenant has `quota` projects.
+_INSERT_PROJECT_BELOW_QUOTA = prebuilt(
+    with_event(
+        insert(projects).from_select(
+            ["id", "name", "description", "created_at", "updated_at"],
+            select(
+                bindparam("id", type_=Uuid),
+                bindparam("name", type_=projects.c.name.type),
+                bindparam("description", type_=projects.c.description.type),
+                _AT,
+                _AT,
+            ).where(below_quota(projects)),
+        ),
+        "project",
+        list(projects.c),
+    )
+)
+
 
 async def insert_project(
     conn: Executor,
@@ -50,10 +69,17 @@ async def insert_project(
     description: str | None,
     at: datetime,
     event: AuditEntry,
-) -> ProjectRecord:
-    """Insert the project and its audit event, in one statement."""
+    max_projects: int | None = None,
+) -> ProjectRecord | None:
+    """Insert the project and its audit event, in one statement; under `max_projects`
+    (None: no quota), counted under the tenant's quota lock, None when it is reached."""
     params = {"id": id, "name": name, "description": description, "at": at, **event.params()}
-    return ProjectRecord.from_row((await conn.execute(_INSERT_PROJECT, params)).one())
+    if max_projects is None:
+        return ProjectRecord.from_row((await conn.execute(_INSERT_PROJECT, params)).one())
+    await lock_for_quota(conn, projects)
+    params["quota"] = max_projects
+    row = (await conn.execute(_INSERT_PROJECT_BELOW_QUOTA, params)).one_or_none()
+    return ProjectRecord.from_row(row) if row else None
 
 
 _GET_PROJECT = prebuilt(select(projects).where(projects.c.id == bindparam("project_id")))

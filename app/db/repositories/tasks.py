@@ -17,6 +17,7 @@ from app.db.repositories._keyset import older_than
 from app.db.repositories._records import RowRecord
 from app.db.repositories._versioned import VersionedTable
 from app.db.repositories.audit import AuditEntry, with_event
+from app.db.repositories.quota_counts import below_quota, lock_for_quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,27 +56,35 @@ _CREATED = (
     "created_by",
 )
 _AT = bindparam("at", type_=DateTime(timezone=True))
+
+
 # The project row is locked FOR KEY SHARE by the very SELECT that the insert reads it from:
 # no project, no task (and no event); a concurrent delete of the project waits for this
 # transaction, so it never turns into a foreign-key error (a 500).
-_INSERT_TASK = prebuilt(
-    with_event(
-        insert(tasks).from_select(
-            ["id", "project_id", *_CREATED, "created_at", "updated_at"],
-            select(
-                bindparam("id", type_=Uuid),
-                projects.c.id,
-                *(bindparam(name, type_=tasks.c[name].type) for name in _CREATED),
-                _AT,
-                _AT,
-            )
-            .where(projects.c.id == bindparam("project_id"))
-            .with_for_update(read=True, key_share=True),
-        ),
-        "task",
-        list(tasks.c),
+def _insert_task(*conditions: Any) -> Any:
+    return prebuilt(
+        with_event(
+            insert(tasks).from_select(
+                ["id", "project_id", *_CREATED, "created_at", "updated_at"],
+                select(
+                    bindparam("id", type_=Uuid),
+                    projects.c.id,
+                    *(bindparam(name, type_=tasks.c[name].type) for name in _CREATED),
+                    _AT,
+                    _AT,
+                )
+                .where(projects.c.id == bindparam("project_id"), *conditions)
+                .with_for_update(read=True, key_share=True),
+            ),
+            "task",
+            list(tasks.c),
+        )
     )
-)
+
+
+_INSERT_TASK = _insert_task()
+# Under a quota: no row (and no event) once the tenant has `quota` tasks.
+_INSERT_TASK_BELOW_QUOTA = _insert_task(below_quota(tasks))
 
 
 async def insert_task(
@@ -87,9 +96,11 @@ async def insert_task(
     created_by: str,
     at: datetime,
     event: AuditEntry,
+    max_tasks: int | None = None,
 ) -> TaskRecord | None:
     """Insert the task and its audit event, in one statement; None when the project does
-    not exist."""
+    not exist, or when the tenant has `max_tasks` tasks (None: no quota; counted under the
+    tenant's quota lock)."""
     params = {
         **values,
         **event.params(),
@@ -98,7 +109,12 @@ async def insert_task(
         "created_by": created_by,
         "at": at,
     }
-    row = (await conn.execute(_INSERT_TASK, params)).one_or_none()
+    statement = _INSERT_TASK
+    if max_tasks is not None:
+        await lock_for_quota(conn, tasks)
+        params["quota"] = max_tasks
+        statement = _INSERT_TASK_BELOW_QUOTA
+    row = (await conn.execute(statement, params)).one_or_none()
     return TaskRecord.from_row(row) if row else None
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.models.shared import tenants
+from app.db.models.shared import plans, tenant_usage, tenants
 from app.db.repositories._records import RowRecord
 
 
@@ -45,6 +45,42 @@ class TenantRecord(RowRecord):
 async def insert_tenant(conn: AsyncConnection, **values: Any) -> TenantRecord:
     row = (await conn.execute(insert(tenants).values(**values).returning(tenants))).one()
     return TenantRecord.from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """What a tenant's plan sets (None: the server's default, or no quota)."""
+
+    rate_limit: str | None = None
+    max_concurrent_transactions: int | None = None
+    statement_timeout_ms: int | None = None
+    max_projects: int | None = None
+    max_tasks: int | None = None
+    max_storage_bytes: int | None = None
+
+
+_PLAN_LIMITS = [plans.c[name].label(f"plan_{name}") for name in PlanLimits.__slots__]
+_WITH_PLAN = select(
+    tenants, *_PLAN_LIMITS, tenant_usage.c.storage_bytes.label("usage_storage_bytes")
+).select_from(
+    tenants.join(plans, plans.c.name == tenants.c.plan).outerjoin(
+        tenant_usage, tenant_usage.c.tenant_id == tenants.c.id
+    )
+)
+
+
+async def get_with_plan(
+    conn: AsyncConnection, slug: str
+) -> tuple[TenantRecord, PlanLimits, int | None] | None:
+    """The tenant, its plan's limits and its kept storage figure (None before the first
+    usage refresh), in one query: what the registry loads."""
+    row = (await conn.execute(_WITH_PLAN.where(tenants.c.slug == slug))).one_or_none()
+    if row is None:
+        return None
+    values = row._mapping
+    record = TenantRecord(**{column.name: values[column.name] for column in tenants.c})
+    limits = PlanLimits(**{name: values[f"plan_{name}"] for name in PlanLimits.__slots__})
+    return record, limits, values["usage_storage_bytes"]
 
 
 async def get_by_slug(
