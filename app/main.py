@@ -15,6 +15,7 @@ from app.api.endpoints import audit, platform, projects, tasks, tenant_self, ten
 from app.api.instrumentation import instrument
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_error_handlers
+from app.api.writes_first import DeclaredWritesFirst
 from app.auth.tokens import TokenVerifier
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
@@ -85,8 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform.metrics_router(settings))
     app.include_router(tenants.router)
     app.include_router(tenant_api_router())
-    # Inside the request middleware: what the fast path answers still gets its request id,
+    # Inside the request middleware: what the fast paths answer still gets its request id,
     # access log line and metrics.
+    app.add_middleware(DeclaredWritesFirst)
     app.add_middleware(CachedReadsFirst)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     # Added last, so outermost: it also counts the 413s the request middleware answers early.
