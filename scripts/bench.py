@@ -578,7 +578,14 @@ def measured_wrk(
     wall = time.monotonic() - started
     busy = machine_busy_seconds() - busy_0
     wrk_s = children_cpu_seconds() - wrk_0  # wrk is the only child reaped in between
-    return Measured(parse_wrk(output), cpu_seconds(pids) - server_0, wrk_s, busy, wall)
+    result = parse_wrk(output)
+    if result.bad:  # what they were, for whoever reads the run's output
+        errors = [
+            line for line in output.splitlines() if "Socket errors" in line or "Non-2xx" in line
+        ]
+        print(f"{server.name}: {result.bad} bad answers: {errors}", file=sys.stderr, flush=True)
+        print(server.log.read_text()[-2000:], file=sys.stderr, flush=True)
+    return Measured(result, cpu_seconds(pids) - server_0, wrk_s, busy, wall)
 
 
 async def seed_tasks(url: str, schema: str, project_id: str, n: int) -> list[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.routing import RouteContext, iter_route_contexts
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,7 +58,7 @@ class _WriteRoute:
             model = None
             if declared.body is not None:
                 model = declared.body.model_validate(json.loads(body))
-        except (ValidationError, ValueError):  # json's decode error is a ValueError
+        except Exception:  # invalid JSON or values, or JSON nested past the recursion limit
             return None
         key = _header(scope, b"idempotency-key")
         return WriteCall(

@@ -239,3 +239,11 @@ async def test_a_write_whose_commit_fails_answers_no_2xx_and_leaves_and_invalida
     assert invalidated == []
     answer = (await client.get(url, headers=headers)).json()
     assert (answer["name"], answer["version"]) == ("kept", 1)
+
+
+async def test_json_nested_past_the_recursion_limit_is_the_routes_400(
+    client: httpx.AsyncClient, headers: Headers
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = await client.post("/v1/projects", content=deep, headers=_with(headers, EARLY))
+    assert_problem(response, 400, "bad_request")
