@@ -1714,11 +1714,17 @@ def splice_writes(report: Report, output: Path) -> None:
     section = report.lines[report.lines.index("## Writes (one tenant)") + 1 :]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = next(line for line in report.lines if line.startswith("- load average"))
+    load = load[2:].split(" (1, 5, 15 min)")[0] + " (1, 5, 15 min)"
     note = (
         f"This section and the write targets above come from a later run of the writes "
-        f"alone, `{report.command}`, on {now}, on the machine above ({load[2:]}); the rest "
+        f"alone, `{report.command}`, on {now}, on the machine above ({load}); the rest "
         "of the page is from the full run named at the top."
     )
+    whole = "Every number below comes from that one run;"
+    page = [
+        line.replace(whole, f"{whole[:-1]}, except the writes section and the write targets;")
+        for line in page
+    ]
     targets = [f"| {t} | {m} | {v} |" for t, m, v in report.targets]
     body = [*page[: start + 1], "", note, *section, "", *page[end:]]
     prefixes = tuple(f"| {prefix}" for prefix in _WRITE_TARGETS)
