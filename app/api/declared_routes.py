@@ -5,7 +5,9 @@ service writes in the same transaction.
 
 Like `cached_get` (app/api/cached_reads.py), each decorator turns a plain function into the
 route's endpoint with a signature FastAPI reads: the resource's id from the path, the body
-model, and the dependencies every such route takes.
+model, and the dependencies every such route takes. What the endpoint does once FastAPI has
+validated the request is the route's `DeclaredWrite.answer`, which the early path of writes
+(app/api/writes_first.py) calls as well for the requests it takes before routing.
 """
 
 from __future__ import annotations
