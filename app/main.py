@@ -26,6 +26,7 @@ from app.api.endpoints import (
 from app.api.instrumentation import instrument
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_error_handlers
+from app.api.writes_first import DeclaredWritesFirst
 from app.auth.tokens import TokenVerifier
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
@@ -111,8 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plans.router)
     app.include_router(usage.router)
     app.include_router(tenant_api_router())
-    # Inside the request middleware: what the fast path answers still gets its request id,
+    # Inside the request middleware: what the fast paths answer still gets its request id,
     # access log line and metrics.
+    app.add_middleware(DeclaredWritesFirst)
     app.add_middleware(CachedReadsFirst)
     app.add_middleware(
         RequestContextMiddleware,

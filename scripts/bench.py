@@ -2,6 +2,7 @@
 
     uv run python scripts/bench.py --quick    # smoke: seconds
     uv run python scripts/bench.py --full     # for the record (docs/benchmarks.md)
+    uv run python scripts/bench.py --full --only writes  # the writes section alone (issue 17)
 
 It creates its own PostgreSQL database (dropped at the end) and uses a Redis DB index of
 its own (flushed), starts the dev issuer, Tessera (one uvicorn worker) and the baseline app
@@ -78,6 +79,7 @@ class Mode:
     provision_n: int
     fleet_m: int
     history_n: int
+    only_writes: bool = False  # --only writes: the writes section alone
 
 
 QUICK = Mode("quick", "2s", 32, (3, 20), 10, 20, 3)
@@ -591,7 +593,14 @@ def measured_wrk(
     wall = time.monotonic() - started
     busy = machine_busy_seconds() - busy_0
     wrk_s = children_cpu_seconds() - wrk_0  # wrk is the only child reaped in between
-    return Measured(parse_wrk(output), cpu_seconds(pids) - server_0, wrk_s, busy, wall)
+    result = parse_wrk(output)
+    if result.bad:  # what they were, for whoever reads the run's output
+        errors = [
+            line for line in output.splitlines() if "Socket errors" in line or "Non-2xx" in line
+        ]
+        print(f"{server.name}: {result.bad} bad answers: {errors}", file=sys.stderr, flush=True)
+        print(server.log.read_text()[-2000:], file=sys.stderr, flush=True)
+    return Measured(result, cpu_seconds(pids) - server_0, wrk_s, busy, wall)
 
 
 async def seed_tasks(url: str, schema: str, project_id: str, n: int) -> list[str]:
@@ -1250,9 +1259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["archive", "noisy"],
-        help="run one section alone (at the size --quick or --full says) and write it between "
-        "its markers in --output, the rest of the page kept",
+        choices=["archive", "noisy", "writes"],
+        help="run one section alone (at the size --quick or --full says); its tables and "
+        "targets replace those of --output, the rest of the page kept",
     )
     parser.add_argument(
         "--scale-max",
@@ -1261,6 +1270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
+    if args.only == "writes":
+        mode = replace(mode, only_writes=True)
     if args.duration:
         if not re.fullmatch(r"\d+s", args.duration):
             parser.error("--duration must be whole seconds, like 5s")
@@ -1291,6 +1302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_section(report, Path(tmp))
     if args.only == "noisy":
         write_noisy_only(report, args.output)
+    elif args.only == "writes":
+        splice_writes(report, args.output)
     else:
         write_markdown(report, args.output)
     print(f"\nwritten to {args.output}")
@@ -1453,6 +1466,36 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         report.add("", f"> {note}")
     wrk_kw: dict[str, object] = {"duration": mode.duration, "connections": mode.connections}
 
+    main_schema = "tenant_bench_main"
+
+    async def main_tenant() -> tuple[list[str], str]:
+        """The main tenant: 20 projects of 25 tasks each, and a token for it."""
+        await create_tenant(
+            engine, settings, slug="bench-main", name="main", plan="pro", rate_limit=None
+        )
+        project_ids = await seed_projects(db_url, main_schema, 20, 25)
+        return project_ids, dev.mint("bench-user", tenant="bench-main", scopes="api:read api:write")
+
+    if mode.only_writes:
+        if not has_tasks:
+            raise RuntimeError(f"--only writes needs `{TASKS_ROUTE}`")
+        project_ids, main_token = await main_tenant()
+        report.add("", "## Writes (one tenant)", "")
+        await writes_section(
+            report,
+            tmp,
+            db_url=db_url,
+            schema=main_schema,
+            token=main_token,
+            project_ids=project_ids,
+            tessera=tessera,
+            tessera_url=tessera_url,
+            start_tessera=start_tessera,
+            start_baseline=start_baseline,
+        )
+        await engine.dispose()
+        return
+
     # --- (3) provisioning through the admin API, one after another --------------------------
     admin = dev.mint("bench-admin", tenant=None, scopes="platform:admin")
     timings: list[float] = []
@@ -1583,13 +1626,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
     finally:
         await conn.close()
 
-    # The main tenant: 20 projects of 25 tasks each.
-    await create_tenant(
-        engine, settings, slug="bench-main", name="main", plan="pro", rate_limit=None
-    )
-    main_schema = "tenant_bench_main"
-    project_ids = await seed_projects(db_url, main_schema, 20, 25)
-    main_token = dev.mint("bench-user", tenant="bench-main", scopes="api:read api:write")
+    project_ids, main_token = await main_tenant()
 
     # --- (1) read, write, list ---------------------------------------------------------------
     baseline, baseline_url = start_baseline("baseline", main_schema, project_ids[0])
@@ -2001,6 +2038,40 @@ def profile_section(report: Report, tmp: Path) -> None:
         "",
         *table,
     )
+
+
+_WRITE_TARGETS = ("write ", "create with Idempotency-Key", "two workers")
+
+
+def splice_writes(report: Report, output: Path) -> None:
+    """--only writes: this run's writes section and write targets in place of those in
+    `output` (a full run's page), the rest of it kept; the section says which command and
+    when produced it."""
+    page = output.read_text().splitlines()
+    start = page.index("## Writes (one tenant)")
+    end = next(i for i in range(start + 1, len(page)) if page[i].startswith("## "))
+    section = report.lines[report.lines.index("## Writes (one tenant)") + 1 :]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = next(line for line in report.lines if line.startswith("- load average"))
+    load = load[2:].split(" (1, 5, 15 min)")[0] + " (1, 5, 15 min)"
+    note = (
+        f"This section and the write targets above come from a later run of the writes "
+        f"alone, `{report.command}`, on {now}, on the machine above ({load}); the rest "
+        "of the page is from the full run named at the top."
+    )
+    whole = "Every number below comes from that one run;"
+    page = [
+        line.replace(whole, f"{whole[:-1]}, except the writes section and the write targets;")
+        for line in page
+    ]
+    targets = [f"| {t} | {m} | {v} |" for t, m, v in report.targets]
+    body = [*page[: start + 1], "", note, *section, "", *page[end:]]
+    prefixes = tuple(f"| {prefix}" for prefix in _WRITE_TARGETS)
+    targets_end = body.index("## Machine")  # the targets table is above it
+    rows = [i for i, line in enumerate(body[:targets_end]) if line.startswith(prefixes)]
+    if rows:
+        body[rows[0] : rows[-1] + 1] = targets
+    output.write_text("\n".join(body) + "\n")
 
 
 def write_markdown(report: Report, output: Path) -> None:

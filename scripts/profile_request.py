@@ -149,13 +149,15 @@ async def function_profile(what: str, fn: Callable[[], Awaitable[Any]]) -> None:
     import cProfile
     import pstats
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU, not the waits on sockets
     print(f"\n### {what}: {N} requests", file=PROFILE_OUT)
     profiler.enable()
     for _ in range(N):
         await fn()
     profiler.disable()
-    pstats.Stats(profiler, stream=PROFILE_OUT).sort_stats("tottime").print_stats(30)
+    stats = pstats.Stats(profiler, stream=PROFILE_OUT)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(60)
 
 
 def serve_issuer(keys: Path) -> tuple[DevIssuer, str, uvicorn.Server]:
@@ -171,7 +173,9 @@ def serve_issuer(keys: Path) -> tuple[DevIssuer, str, uvicorn.Server]:
     return dev, url, server
 
 
-async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]:
+async def measure(
+    settings: Settings, dev: DevIssuer, *, only_writes: bool = False
+) -> list[tuple[str, float]]:
     engine = build_engine(settings)
     await migrate_shared(engine)
     tenant = await create_tenant(
@@ -219,6 +223,12 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
 
     bare = LifespanManager(baseline_app)
     await bare.__aenter__()
+    if only_writes:
+        rows.extend(await write_rows(app, baseline_app, token, read))
+        rows.extend(await task_write_rows(app, baseline_app, token, settings.dsn, tenant.schema))
+        await bare.__aexit__(None, None, None)
+        await manager.__aexit__(None, None, None)
+        return rows
     rows.append(
         (
             "baseline app (scripts/bench_baseline.py): GET /v1/projects/{id}",
@@ -299,6 +309,7 @@ async def measure(settings: Settings, dev: DevIssuer) -> list[tuple[str, float]]
     rows.extend(await write_rows(app, baseline_app, token, read))
     rows.append((FAIR_SHARE_ROW, await fair_share_admission_cost(app.state.connections, location)))
     rows.append((FAIR_SHARE_CODE_ROW, await fair_share_code_cost(location)))
+    rows.extend(await task_write_rows(app, baseline_app, token, settings.dsn, tenant.schema))
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -416,6 +427,97 @@ async def fair_share_code_cost(location: TenantSchema, n: int = 100_000) -> floa
     return (admitted - (time.process_time() - started)) / n * 1e6
 
 
+async def task_write_rows(
+    app: Any, baseline_app: Any, token: str, dsn: str, schema: str
+) -> list[tuple[str, float]]:
+    """The other writes of the benchmark, Tessera's beside the bare app's: create a task,
+    a conditional PATCH of a task (If-Match naming its current version), a DELETE of a task
+    (each call deletes one of the tasks seeded for it)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        project = await conn.fetchval(
+            f'INSERT INTO "{schema}".projects (id, name) VALUES (gen_random_uuid(), '
+            "'profiled tasks') RETURNING id"
+        )
+
+        async def seed(n: int) -> list[str]:
+            rows = await conn.fetch(
+                f'INSERT INTO "{schema}".tasks (id, project_id, title, created_by) '
+                "SELECT gen_random_uuid(), $1, 'seeded', 'profiler' "
+                "FROM generate_series(1, $2) RETURNING id",
+                project,
+                n,
+            )
+            return [str(row["id"]) for row in rows]
+
+        deletes = WRITE_N + max(100, WRITE_N // 10)
+        patched = {"tessera": (await seed(1))[0], "bare": (await seed(1))[0]}
+        doomed = {"tessera": iter(await seed(deletes)), "bare": iter(await seed(deletes))}
+    finally:
+        await conn.close()
+    versions = {"tessera": 1, "bare": 1}
+    task_body = json.dumps({"title": "bench"}).encode()
+
+    def patch(target: Any, which: str, auth: str) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            task = patched[which]
+            match = f'"{task}-{versions[which]}"'.encode()
+            status = await call(
+                target,
+                f"/v1/tasks/{task}",
+                auth,
+                "PATCH",
+                json.dumps({"title": f"patched {versions[which]}"}).encode(),
+                ((b"if-match", match),),
+            )
+            if status != 200:
+                raise RuntimeError(f"PATCH ({which}): {status}, not 200")
+            versions[which] += 1
+            return status
+
+        return run
+
+    def remove(target: Any, which: str, auth: str) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            status = await call(target, f"/v1/tasks/{next(doomed[which])}", auth, "DELETE")
+            if status != 204:
+                raise RuntimeError(f"DELETE ({which}): {status}, not 204")
+            return status
+
+        return run
+
+    tasks = f"/v1/projects/{project}/tasks"
+    rows = [
+        (
+            "baseline app: POST /v1/projects/{id}/tasks",
+            await cpu_per_call(lambda: call(baseline_app, tasks, "", "POST", task_body), WRITE_N),
+        ),
+        (
+            "POST /v1/projects/{id}/tasks (Tessera)",
+            await cpu_per_call(lambda: call(app, tasks, token, "POST", task_body), WRITE_N),
+        ),
+        (
+            "baseline app: PATCH /v1/tasks/{id} (If-Match)",
+            await cpu_per_call(patch(baseline_app, "bare", ""), WRITE_N),
+        ),
+        (
+            "PATCH /v1/tasks/{id} (If-Match) (Tessera)",
+            await cpu_per_call(patch(app, "tessera", token), WRITE_N),
+        ),
+        (
+            "baseline app: DELETE /v1/tasks/{id}",
+            await cpu_per_call(remove(baseline_app, "bare", ""), WRITE_N),
+        ),
+        (
+            "DELETE /v1/tasks/{id} (Tessera)",
+            await cpu_per_call(remove(app, "tessera", token), WRITE_N),
+        ),
+    ]
+    if PROFILE_OUT is not None:
+        await function_profile("PATCH /v1/tasks/{id} (If-Match)", patch(app, "tessera", token))
+    return rows
+
+
 def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
     lines = [
         "# Where a request's CPU goes",
@@ -439,7 +541,13 @@ def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "profile.md")
+    parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--only",
+        choices=["writes"],
+        help="measure only the write rows (and print them; --output is then not written "
+        "unless given)",
+    )
     parser.add_argument(
         "--cprofile",
         action="store_true",
@@ -455,6 +563,9 @@ def main() -> int:
     if args.quick:
         global N, WRITE_N, ROUNDS
         N, WRITE_N, ROUNDS = N // 20, WRITE_N // 20, 2
+    only_writes = args.only == "writes"
+    if args.output is None and not only_writes:
+        args.output = ROOT / "docs" / "profile.md"
     if args.cprofile:
         global PROFILE_OUT
         PROFILE_OUT = sys.stderr
@@ -484,7 +595,8 @@ def main() -> int:
         )
         # Access logs are on, as in production, written where they cost what a file costs.
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            rows = uvloop.run(measure(settings, dev))  # the loop uvicorn runs Tessera on
+            # The loop uvicorn runs Tessera on.
+            rows = uvloop.run(measure(settings, dev, only_writes=only_writes))
         issuer_server.should_exit = True
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
@@ -500,7 +612,13 @@ def main() -> int:
                 await conn.close()
 
         asyncio.run(drop_roles())
-    command = "uv run python scripts/profile_request.py" + (" --quick" if args.quick else "")
+    command = "uv run python scripts/profile_request.py" + " ".join(
+        [""] + (["--quick"] if args.quick else []) + (["--only writes"] if only_writes else [])
+    )
+    if args.output is None:
+        for name, value in rows:
+            print(f"| {name} | {value:,.0f} |")
+        return 0
     write(rows, args.output, command)
     print(args.output.read_text())
     return 0

@@ -5,15 +5,17 @@ service writes in the same transaction.
 
 Like `cached_get` (app/api/cached_reads.py), each decorator turns a plain function into the
 route's endpoint with a signature FastAPI reads: the resource's id from the path, the body
-model, and the dependencies every such route takes.
+model, and the dependencies every such route takes. What the endpoint does once FastAPI has
+validated the request is the route's `DeclaredWrite.answer`, which the early path of writes
+(app/api/writes_first.py) calls as well for the requests it takes before routing.
 """
 
 from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
@@ -23,18 +25,70 @@ from app.api.dependencies.db import TenantWork, TenantWrite
 from app.api.dependencies.idempotency import IdempotencyKeyHeader
 from app.api.errors import CREATE_FORBIDDEN, responses
 from app.api.preconditions import IfMatch, etag, if_match_versions
-from app.api.responses import create_once, created
+from app.api.responses import changed, create_once, created
 from app.services.idempotency import StoredResponse
 from app.services.versioned import Versioned
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
-def _write(values: dict[str, Any], resource_id: uuid.UUID | None = None) -> TenantWrite:
-    work: TenantWrite = values["work"]
-    if resource_id is None:
-        return work
-    return replace(work, versions=if_match_versions(values["if_match"], resource_id))
+@dataclass(frozen=True, slots=True)
+class WriteCall:
+    """A write request, its parameters validated: the path's ids, the body, and the headers
+    the routes read (If-Match, Idempotency-Key); `path` is the request's path (what an
+    Idempotency-Key's fingerprint covers; only read when `key` is set)."""
+
+    ids: dict[str, uuid.UUID]
+    body: BaseModel | None = None
+    if_match: str | None = None
+    key: str | None = None
+    path: str = ""
+
+
+Answer = Callable[[TenantWrite, WriteCall], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredWrite:
+    """What a declared route does once its request is validated and its transaction open:
+    the route's endpoint calls `answer`, and so does the early path of writes
+    (app/api/writes_first.py), so the two cannot differ. `body` is the body model (None:
+    the route reads no body)."""
+
+    body: type[BaseModel] | None
+    answer: Answer
+
+
+_DECLARATION = "tessera_declared_write"  # the endpoint's attribute naming its DeclaredWrite
+
+
+def declared_write_of(route: Any) -> DeclaredWrite | None:
+    """The DeclaredWrite of a route (a RouteContext or a route), None for any other route."""
+    declared: DeclaredWrite | None = getattr(route.endpoint, _DECLARATION, None)
+    return declared
+
+
+def _endpoint(declared: DeclaredWrite, ids: Sequence[str]) -> Callable[..., Awaitable[Response]]:
+    """The route's endpoint: FastAPI has validated the parameters and opened the transaction
+    (`work`)."""
+
+    async def endpoint(**values: Any) -> Response:
+        key: str | None = values.get("key")
+        call = WriteCall(
+            ids={name: values[name] for name in ids},
+            body=values.get("body"),
+            if_match=values.get("if_match"),
+            key=key,
+            path=values["request"].url.path if key is not None else "",
+        )
+        return await declared.answer(values["work"], call)
+
+    setattr(endpoint, _DECLARATION, declared)
+    return endpoint
+
+
+def _conditional(write: TenantWrite, call: WriteCall, resource_id: uuid.UUID) -> TenantWrite:
+    return replace(write, versions=if_match_versions(call.if_match, resource_id))
 
 
 def add_route(
@@ -69,6 +123,7 @@ def _params(id_name: str, **own: Any) -> dict[str, Any]:
     """What every such route takes: the id, its own parameters, the pinned connection, the
     caller, the cache invalidation, and If-Match."""
     return {
+        "request": Request,
         id_name: uuid.UUID,
         **own,
         "work": TenantWork,
@@ -96,23 +151,20 @@ def create_route(
     ids = [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
     def declare(create: Creation) -> Creation:
-        async def endpoint(**values: Any) -> Response:
-            conn = values["work"].conn
+        async def answer(write: TenantWrite, call: WriteCall) -> Response:
+            assert call.body is not None
 
             async def produce() -> StoredResponse:
-                record = await create(
-                    _write(values), values["body"], **{name: values[name] for name in ids}
-                )
+                record = await create(write, call.body, **call.ids)
                 return created(
                     out.model_validate(record),
                     location=location.format(id=record.id),
                     etag=etag(record.id, record.version),
                 )
 
-            return await create_once(
-                values["request"], conn, values["key"], values["body"], produce
-            )
+            return await create_once(call.path, write.conn, call.key, call.body, produce)
 
+        endpoint = _endpoint(DeclaredWrite(body, answer), ids)
         add_route(
             router,
             path,
@@ -151,19 +203,19 @@ def update_route(
     id_name = _id_name(path)
 
     def declare(change: Change) -> Change:
-        async def endpoint(**values: Any) -> BaseModel:
-            resource_id: uuid.UUID = values[id_name]
-            record = await change(_write(values, resource_id), resource_id, values["body"])
-            values["response"].headers["ETag"] = etag(record.id, record.version)
-            return out.model_validate(record)
+        async def answer(write: TenantWrite, call: WriteCall) -> Response:
+            resource_id = call.ids[id_name]
+            record = await change(_conditional(write, call, resource_id), resource_id, call.body)
+            return changed(out.model_validate(record), etag=etag(record.id, record.version))
 
+        endpoint = _endpoint(DeclaredWrite(body, answer), (id_name,))
         add_route(
             router,
             path,
             "PATCH",
             endpoint,
             like=change,
-            params=_params(id_name, body=body, response=Response),
+            params=_params(id_name, body=body),
             response_model=out,
             summary="Change the fields sent (If-Match: 412 unless it names the current ETag)",
             responses=responses(404, 412),
@@ -179,11 +231,12 @@ def delete_route(router: APIRouter, path: str, *, summary: str) -> Callable[[Rem
     id_name = _id_name(path)
 
     def declare(remove: Removal) -> Removal:
-        async def endpoint(**values: Any) -> Response:
-            resource_id: uuid.UUID = values[id_name]
-            await remove(_write(values, resource_id), resource_id)
+        async def answer(write: TenantWrite, call: WriteCall) -> Response:
+            resource_id = call.ids[id_name]
+            await remove(_conditional(write, call, resource_id), resource_id)
             return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+        endpoint = _endpoint(DeclaredWrite(None, answer), (id_name,))
         add_route(
             router,
             path,

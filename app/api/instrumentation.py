@@ -57,17 +57,20 @@ class _Template:
     regex: re.Pattern[str] | None
     methods: frozenset[str] | None
     context: RouteContext
+    prefix: str  # the template's text before its first parameter: every match starts so
 
 
 def _template(context: RouteContext) -> _Template:
     plain = isinstance(context.original_route, APIRoute | Route)
     regex = getattr(context, "path_regex", None) if plain else None
     methods = context.methods
+    path_format = str(context.path_format)
     return _Template(
-        str(context.path_format),
+        path_format,
         regex,
         frozenset(methods) if methods else None,
         context,
+        path_format.split("{", 1)[0] if regex is not None else "",
     )
 
 
@@ -78,7 +81,8 @@ class RouteTemplateMiddleware(PrometheusInstrumentatorMiddleware):
     routers no longer have (AttributeError on every request). `iter_route_contexts` is
     FastAPI's own flattening of included routers, with the full template as `path_format`;
     plain routes are matched on their compiled pattern directly, which costs a regex match
-    each instead of a full route match (a child scope, converted parameters) each.
+    each instead of a full route match (a child scope, converted parameters) each, and only
+    when the path starts with the template's literal prefix (docs/decisions/0027).
     """
 
     _routes: list[_Template]
@@ -97,8 +101,8 @@ class RouteTemplateMiddleware(PrometheusInstrumentatorMiddleware):
         for route in self._routes:
             if route.regex is None:
                 match, _ = route.context.matches(scope)
-            elif route.regex.match(path) is None:
-                continue
+            elif not path.startswith(route.prefix) or route.regex.match(path) is None:
+                continue  # the prefix test first: most routes fail it, at a fraction of a match
             else:
                 full = route.methods is None or method in route.methods
                 match = Match.FULL if full else Match.PARTIAL

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
+from fastapi import Response
 from pydantic import BaseModel
 
 from app.api.preconditions import none_match
@@ -26,21 +26,30 @@ def created(model: BaseModel, *, location: str, etag: str) -> StoredResponse:
     )
 
 
+def changed(model: BaseModel, *, etag: str) -> Response:
+    """A 200 with the changed resource and its new ETag (serialized once, by the model)."""
+    return Response(
+        content=model.model_dump_json().encode(),
+        headers={"ETag": etag},
+        media_type=JSON,
+    )
+
+
 async def create_once(
-    request: Request,
+    path: str,
     conn: Executor,
     key: str | None,
     body: BaseModel,
     produce: Callable[[], Awaitable[StoredResponse]],
 ) -> Response:
-    """The answer to a creating POST: `produce()`'s, or with an Idempotency-Key (`key`, 400
-    when malformed) the replay of the first response to the same request
+    """The answer to a creating POST to `path`: `produce()`'s, or with an Idempotency-Key
+    (`key`, 400 when malformed) the replay of the first response to the same request
     (app/services/idempotency.py)."""
     if key is None:
         return from_stored(await produce(), replayed=False)
     key = idempotency.validate_key(key)
     request_hash = idempotency.fingerprint(
-        "POST", request.url.path, body.model_dump(mode="json", exclude_unset=True)
+        "POST", path, body.model_dump(mode="json", exclude_unset=True)
     )
     stored, replayed = await idempotency.run_once(conn, key, request_hash, produce)
     return from_stored(stored, replayed=replayed)

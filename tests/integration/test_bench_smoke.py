@@ -98,6 +98,53 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000, len(chart)
 
 
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="the benchmark needs wrk (apt-get install wrk)"
+)
+def test_writes_only_replaces_the_writes_section_and_targets_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "benchmarks.md"
+    before = (ROOT / "docs" / "benchmarks.md").read_text()
+    output.write_text(before)
+    done = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--quick",
+            "--only",
+            "writes",
+            "--duration",
+            "1s",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = output.read_text()
+
+    def section(page: str, title: str) -> str:
+        start = page.index(title)
+        end = page.find("\n## ", start + len(title))
+        return page[start : end if end >= 0 else len(page)]
+
+    for kept in ("## Machine", "## Provisioning", "## Tenant scaling", "## Fleet migration"):
+        assert section(text, kept) == section(before, kept), kept
+    writes = section(text, "## Writes (one tenant)")
+    assert "`uv run python scripts/bench.py --quick --only writes --duration 1s" in writes
+    assert "-d1s --latency" in writes and writes != section(before, "## Writes (one tenant)")
+    targets = section(text, "## Targets (issues 8 and 17)").splitlines()
+    assert len(targets) == len(section(before, "## Targets (issues 8 and 17)").splitlines())
+    (create,) = [line for line in targets if line.startswith("| write POST /v1/projects ≥")]
+    assert create.endswith(("| met |", "| **missed** |")), create
+    assert any(line.startswith("| read cache hit") for line in targets)  # the reads' kept
+
+
 def test_request_profile_writes_every_part(tmp_path: Path) -> None:
     output = tmp_path / "profile.md"
     done = subprocess.run(  # noqa: S603 - our own script
@@ -131,6 +178,13 @@ def test_request_profile_writes_every_part(tmp_path: Path) -> None:
         "Idempotency-Key (create with a fresh key, vs without)",
         "fair share admission (tenant slot + statement timeout in the pin, vs neither)",
         "fair share admission, its code alone (slot, pin SQL; no round trips)",
+        # and the benchmark's other writes, each beside the bare app's
+        "baseline app: POST /v1/projects/{id}/tasks",
+        "POST /v1/projects/{id}/tasks (Tessera)",
+        "baseline app: PATCH /v1/tasks/{id} (If-Match)",
+        "PATCH /v1/tasks/{id} (If-Match) (Tessera)",
+        "baseline app: DELETE /v1/tasks/{id}",
+        "DELETE /v1/tasks/{id} (Tessera)",
     ):
         assert part in text, part
 

@@ -4,13 +4,15 @@ changes leave the cache once it has committed."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import State
 
-from app.api.admission import AdmittedDep
+from app.api.admission import Admitted, AdmittedDep
 from app.api.dependencies.auth import Principal
 from app.db.executor import Executor
 from app.services.cache import TenantCache
@@ -62,20 +64,20 @@ class TenantWrite:
     quotas: TenantQuotas = UNLIMITED  # the tenant's, for its creates
 
 
-async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIterator[TenantWrite]:
-    """One transaction per request, pinned to the tenant before anything else runs.
+@asynccontextmanager
+async def tenant_write(state: State, admitted: Admitted) -> AsyncIterator[TenantWrite]:
+    """One transaction per write request, pinned to the tenant before anything else runs.
 
-    Commits when the endpoint returns, rolls back when it raises; both happen before the
-    response is sent (scope="function" below), so a failed commit is never a 2xx.
+    Commits when the block ends, rolls back when it raises; both happen before the response
+    is sent, so a failed commit is never a 2xx.
 
-    What the endpoint changed leaves the cache after the COMMIT and still before the
-    response: invalidating earlier would let a concurrent reader load the old row and cache
-    it again under the new version. A rolled-back request invalidates nothing.
+    What the block changed leaves the cache after the COMMIT and still before the response:
+    invalidating earlier would let a concurrent reader load the old row and cache it again
+    under the new version. A rolled-back request invalidates nothing.
 
-    One dependency for all of it: FastAPI's resolution of each dependency costs CPU on every
-    request (docs/decisions/0015-writes-in-one-statement.md).
+    Used by the route dependency below and by the early path of declared writes
+    (app/api/writes_first.py), so the two cannot differ.
     """
-    state = request.app.state
     tenant = admitted.tenant
     invalidation = CacheInvalidation()
     async with state.connections.transaction(
@@ -83,6 +85,15 @@ async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIter
     ) as conn:
         yield TenantWrite(conn, admitted.principal, invalidation, quotas=tenant.quotas)
     await invalidation.apply(state.cache, tenant.keys)
+
+
+async def get_tenant_write(request: Request, admitted: AdmittedDep) -> AsyncIterator[TenantWrite]:
+    """`tenant_write` as the route's dependency (scope="function" below: it ends before the
+    response is sent). One dependency for all of it: FastAPI's resolution of each
+    dependency costs CPU on every request (docs/decisions/0015-writes-in-one-statement.md).
+    """
+    async with tenant_write(request.app.state, admitted) as write:
+        yield write
 
 
 TenantWork = Annotated[TenantWrite, Depends(get_tenant_write, scope="function")]
