@@ -83,6 +83,11 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_cluster(redis: Any) -> bool:
+    """Whether `redis` is a Cluster client (a script's keys must then share one slot)."""
+    return isinstance(redis, RespCluster | RedisCluster)
+
+
 async def redis_serves(redis: Any) -> bool:
     """Whether every node answers and, on a Cluster, says cluster_state:ok (a cluster that
     refuses commands still answers PING)."""

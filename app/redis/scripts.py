@@ -104,30 +104,36 @@ end
 return #KEYS
 """
 
-# A tenant's request counts, flushed from each process's tally once a second
-# (app/services/usage.py): one hash per tenant, fields `m:<5-minute bucket>:<class>` (the
-# last hour), `h:<hour bucket>:<class>` (the last day) and `last` (its latest request, Unix
-# seconds). Buckets older than the ones kept go once the hash has grown past 160 fields.
-# KEYS: the tenant's usage hash. ARGV: latest request time, 5-minute bucket, hour bucket,
-# oldest 5-minute and hour buckets kept, TTL in s, then (status class, count) pairs.
+# Tenants' request counts, flushed from each process's tally once a second
+# (app/services/request_usage.py): one hash per tenant, fields `m:<5-minute bucket>:<class>`
+# (the last hour), `h:<hour bucket>:<class>` (the last day) and `last` (its latest request,
+# Unix seconds). Buckets older than the ones kept go once the hash has grown past 160 fields.
+# KEYS: the tenants' usage hashes (one on a Cluster: each tenant has a slot of its own).
+# ARGV: 5-minute bucket, hour bucket, oldest 5-minute and hour buckets kept, TTL in s; then
+# for each key in turn: its latest request time, n, and n (status class, count) pairs.
 RECORD_REQUESTS = """
-local key = KEYS[1]
-for i = 7, #ARGV, 2 do
-  redis.call('HINCRBY', key, 'm:' .. ARGV[2] .. ':' .. ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', key, 'h:' .. ARGV[3] .. ':' .. ARGV[i], ARGV[i + 1])
-end
-if tonumber(ARGV[1]) > tonumber(redis.call('HGET', key, 'last') or '0') then
-  redis.call('HSET', key, 'last', ARGV[1])
-end
-if redis.call('HLEN', key) > 160 then
-  local oldest = {m = tonumber(ARGV[4]), h = tonumber(ARGV[5])}
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    local kind, bucket = string.match(field, '^(%a):(%d+):')
-    if kind and tonumber(bucket) < oldest[kind] then redis.call('HDEL', key, field) end
+local oldest = {m = tonumber(ARGV[3]), h = tonumber(ARGV[4])}
+local at = 6
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local latest, n = ARGV[at], tonumber(ARGV[at + 1])
+  for i = at + 2, at + 2 * n, 2 do
+    redis.call('HINCRBY', key, 'm:' .. ARGV[1] .. ':' .. ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', key, 'h:' .. ARGV[2] .. ':' .. ARGV[i], ARGV[i + 1])
   end
+  at = at + 2 + 2 * n
+  if tonumber(latest) > tonumber(redis.call('HGET', key, 'last') or '0') then
+    redis.call('HSET', key, 'last', latest)
+  end
+  if redis.call('HLEN', key) > 160 then
+    for _, field in ipairs(redis.call('HKEYS', key)) do
+      local kind, bucket = string.match(field, '^(%a):(%d+):')
+      if kind and tonumber(bucket) < oldest[kind] then redis.call('HDEL', key, field) end
+    end
+  end
+  redis.call('EXPIRE', key, ARGV[5])
 end
-redis.call('EXPIRE', key, ARGV[6])
-return 1
+return #KEYS
 """
 
 # A tenant's request counts as RECORD_REQUESTS keeps them. KEYS: the tenant's usage hash.

@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.redis import scripts
-from app.redis.client import REDIS_UNAVAILABLE_ERRORS, RedisOutageLog, own_timeout, within
+from app.redis.client import (
+    REDIS_UNAVAILABLE_ERRORS,
+    RedisOutageLog,
+    is_cluster,
+    own_timeout,
+    within,
+)
 from app.services.tenant_keys import TenantKeys
 
 logger = logging.getLogger("tessera.usage")
@@ -30,6 +36,8 @@ MINUTE_BUCKET_SECONDS, HOUR_BUCKET_SECONDS = 300, 3600
 HOUR_BUCKETS, DAY_BUCKETS = 12, 24  # the last hour: 12 five-minute buckets; a day: 24 hours
 KEEP_SECONDS = 25 * 3600  # a tenant's hash outlives its last request by a day and an hour
 FLUSH_INTERVAL_SECONDS = 1.0
+BATCH = 200  # tenants per script call (one Redis round trip) on a single server
+CONCURRENT = 50  # script calls of one flush in flight at once
 
 
 def usage_key(tenant_prefix: str) -> str:
@@ -84,6 +92,8 @@ class RequestTally:
     def bind(self, redis: Any, *, timeout: float) -> None:
         """Use `redis` for flushes and reads (without the background flushing)."""
         self._redis = redis
+        # One script call per BATCH tenants; on a Cluster one per tenant (its own slot).
+        self._batch = 1 if is_cluster(redis) else BATCH
         self._timeout = own_timeout(redis, timeout)
         self._record = redis.register_script(scripts.RECORD_REQUESTS)
         self._read = redis.register_script(scripts.READ_REQUESTS)
@@ -112,19 +122,30 @@ class RequestTally:
         now = self._clock()
         minute, hour = int(now // MINUTE_BUCKET_SECONDS), int(now // HOUR_BUCKET_SECONDS)
         head = [minute, hour, minute - HOUR_BUCKETS + 1, hour - DAY_BUCKETS + 1, KEEP_SECONDS]
-        calls = []
-        for prefix, counts in pending.items():
-            pairs: list[Any] = []
-            for status_class, count in zip(STATUS_CLASSES, counts, strict=True):
-                if count:
-                    pairs += [status_class, count]
-            args = [repr(latest[prefix]), *head, *pairs]
-            calls.append(within(self._timeout, self._record(keys=[usage_key(prefix)], args=args)))
-        for result in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(result, REDIS_UNAVAILABLE_ERRORS):
-                self.outages.report(result)
-            elif isinstance(result, BaseException):
-                raise result
+        prefixes = list(pending)
+        # Thousands of tenants a second (10,000 rotating) must not become thousands of calls
+        # in one burst of the event loop: batches of keys, at most CONCURRENT calls at once.
+        batches: list[tuple[list[str], list[Any]]] = []
+        for start in range(0, len(prefixes), self._batch):
+            batch = prefixes[start : start + self._batch]
+            args: list[Any] = [*head]
+            for prefix in batch:
+                pairs: list[Any] = []
+                for status_class, count in zip(STATUS_CLASSES, pending[prefix], strict=True):
+                    if count:
+                        pairs += [status_class, count]
+                args += [repr(latest[prefix]), len(pairs) // 2, *pairs]
+            batches.append(([usage_key(prefix) for prefix in batch], args))
+        for start in range(0, len(batches), CONCURRENT):
+            calls = (
+                within(self._timeout, self._record(keys=keys, args=args))
+                for keys, args in batches[start : start + CONCURRENT]
+            )
+            for result in await asyncio.gather(*calls, return_exceptions=True):
+                if isinstance(result, REDIS_UNAVAILABLE_ERRORS):
+                    self.outages.report(result)
+                elif isinstance(result, BaseException):
+                    raise result
 
     async def forget(self, tenant: TenantKeys) -> None:
         """Drop a purged tenant's counts (cleanup: a new tenant of its slug has another id,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.redis.client import build_redis
-from app.services import usage
+from app.services import request_usage, usage
 from app.services.request_usage import RequestTally, usage_key
 from app.services.tenant_keys import TenantKeys
 from tests.conftest import MakeToken
@@ -232,4 +233,38 @@ async def test_request_counts_fall_out_of_the_hour_and_the_day_and_old_buckets_g
         assert counts.last_hour["2xx"] == 12
     finally:
         await tally.aclose()
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("batch", [request_usage.BATCH, 1])
+async def test_a_flush_of_many_tenants_goes_in_batches_and_counts_each_alone(
+    settings: Settings,
+    unique_slug: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    """450 tenants in one flush: 3 script calls of 200, 200 and 50 keys (one each on a
+    Cluster, batch 1), and each tenant's hash gets its own counts, none of another's."""
+    monkeypatch.setattr(request_usage, "BATCH", batch)
+    tally = RequestTally()
+    redis = build_redis(settings)
+    tally.bind(redis, timeout=1.0)
+    tenants = [TenantKeys(unique_slug("many"), uuid.uuid4()) for _ in range(450)]
+    try:
+        for number, keys in enumerate(tenants):
+            for _ in range(number % 3 + 1):
+                tally.record(keys.prefix, 200)
+            if number % 2:
+                tally.record(keys.prefix, 404)
+        await tally.flush()
+        for number in (0, 1, 199, 200, 201, 399, 400, 449):
+            counts = await tally.counts(tenants[number])
+            assert counts is not None
+            assert counts.last_hour["2xx"] == number % 3 + 1, number
+            assert counts.last_hour["4xx"] == number % 2, number
+            assert counts.last_request_at is not None
+    finally:
+        await tally.aclose()
+        for keys in tenants:
+            await tally.forget(keys)
         await redis.aclose()
