@@ -92,16 +92,30 @@ def _kept(record: UsageRecord) -> KeptUsage:
 
 async def refresh(engine: AsyncEngine, slugs: list[str] | None = None) -> int:
     """Measure every tenant (or those of `slugs`) now; how many were measured."""
-    async with engine.begin() as conn:
-        return await repo.refresh(conn, slugs)
+    measured = await _measure(engine, slugs, unless_running=False)
+    assert measured is not None
+    return measured
 
 
 async def refresh_unless_running(engine: AsyncEngine) -> int | None:
     """Measure every tenant unless another replica is at it (then None)."""
-    async with engine.begin() as conn:
-        if not await conn.scalar(_REFRESH_LOCK):
-            return None
-        return await repo.refresh(conn)
+    return await _measure(engine, None, unless_running=True)
+
+
+async def _measure(
+    engine: AsyncEngine, slugs: list[str] | None, *, unless_running: bool
+) -> int | None:
+    """The refresh on a connection of its own that never goes back to the pool: reading the
+    catalog of every tenant's schema grows its backend's catalog cache by about 40 KiB a
+    schema (429 MiB measured at 10,000 tenants), which a pooled connection would keep."""
+    async with engine.connect() as conn:
+        try:
+            async with conn.begin():
+                if unless_running and not await conn.scalar(_REFRESH_LOCK):
+                    return None
+                return await repo.refresh(conn, slugs)
+        finally:
+            await conn.invalidate()
 
 
 async def tenant_usage(engine: AsyncEngine, tally: RequestTally, slug: str) -> TenantUsage:

@@ -268,3 +268,31 @@ async def test_a_flush_of_many_tenants_goes_in_batches_and_counts_each_alone(
         for keys in tenants:
             await tally.forget(keys)
         await redis.aclose()
+
+
+async def test_the_refresh_connection_never_goes_back_to_the_pool(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its backend read the catalog of every tenant's schema (about 40 KiB each): it exits
+    after the refresh instead of serving requests with that cache."""
+    from app.db.repositories import usage as usage_repo
+
+    backends: list[int] = []
+    measure = usage_repo.refresh
+
+    async def watched(conn: Any, slugs: list[str] | None = None) -> int:
+        backends.append(int(await conn.scalar(text("SELECT pg_backend_pid()"))))
+        return await measure(conn, slugs)
+
+    monkeypatch.setattr(usage_repo, "refresh", watched)
+    assert await usage.refresh_unless_running(engine) is not None
+    (pid,) = backends
+
+    async def alive() -> int:
+        async with engine.connect() as conn:
+            found = await conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            )
+        return int(found or 0)
+
+    await eventually(alive, 0, within=5.0)
