@@ -79,7 +79,6 @@ class Mode:
     provision_n: int
     fleet_m: int
     history_n: int
-    only_writes: bool = False  # --only writes: the writes section alone
 
 
 QUICK = Mode("quick", "2s", 32, (3, 20), 10, 20, 3)
@@ -1270,8 +1269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
-    if args.only == "writes":
-        mode = replace(mode, only_writes=True)
     if args.duration:
         if not re.fullmatch(r"\d+s", args.duration):
             parser.error("--duration must be whole seconds, like 5s")
@@ -1438,7 +1435,7 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         proc.wait_workers(workers)
         return proc, url
 
-    if report.only == "noisy":
+    async def noisy() -> None:
         await noisy_section(
             report,
             tmp,
@@ -1448,6 +1445,9 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
             dev=dev,
             start_tessera=start_tessera,
         )
+
+    if report.only == "noisy":
+        await noisy()
         await engine.dispose()
         return
 
@@ -1476,23 +1476,25 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
         project_ids = await seed_projects(db_url, main_schema, 20, 25)
         return project_ids, dev.mint("bench-user", tenant="bench-main", scopes="api:read api:write")
 
-    if mode.only_writes:
-        if not has_tasks:
-            raise RuntimeError(f"--only writes needs `{TASKS_ROUTE}`")
-        project_ids, main_token = await main_tenant()
-        report.add("", "## Writes (one tenant)", "")
+    async def writes(project_ids: list[str], token: str) -> None:
         await writes_section(
             report,
             tmp,
             db_url=db_url,
             schema=main_schema,
-            token=main_token,
+            token=token,
             project_ids=project_ids,
             tessera=tessera,
             tessera_url=tessera_url,
             start_tessera=start_tessera,
             start_baseline=start_baseline,
         )
+
+    if report.only == "writes":
+        if not has_tasks:
+            raise RuntimeError(f"--only writes needs `{TASKS_ROUTE}`")
+        report.add("", "## Writes (one tenant)", "")
+        await writes(*await main_tenant())
         await engine.dispose()
         return
 
@@ -1695,33 +1697,14 @@ async def scenarios(  # noqa: C901, PLR0912, PLR0915 - the benchmark is one line
     # --- (1b) writes, each beside its bare equivalent (issue 17) -----------------------------
     report.add("", "## Writes (one tenant)", "")
     if has_tasks:
-        await writes_section(
-            report,
-            tmp,
-            db_url=db_url,
-            schema=main_schema,
-            token=main_token,
-            project_ids=project_ids,
-            tessera=tessera,
-            tessera_url=tessera_url,
-            start_tessera=start_tessera,
-            start_baseline=start_baseline,
-        )
+        await writes(project_ids, main_token)
     else:
         report.add(f"Skipped: needs `{TASKS_ROUTE}`.")
         report.target("writes ≥ 0.5× bare requests/s (issue 17)", "route missing", None)
 
     # --- (1c) noisy neighbour: fair share of the pool (issue 19) ------------------------------
     if has_tasks:
-        await noisy_section(
-            report,
-            tmp,
-            db_url=db_url,
-            engine=engine,
-            settings=settings,
-            dev=dev,
-            start_tessera=start_tessera,
-        )
+        await noisy()
 
     # --- (2) tenant scaling --------------------------------------------------------------------
     report.add("", "## Tenant scaling", "")
