@@ -100,7 +100,7 @@ async def create_tenant(
     except IntegrityError as exc:
         if "uq_tenants" in str(exc.orig) or "pk_tenants" in str(exc.orig):
             raise TenantExists(f"A tenant with slug {slug!r} already exists.") from exc
-        if "fk_tenants_plan_plans" in str(exc.orig):
+        if UnknownPlan.raised_by(exc):
             raise UnknownPlan(plan) from exc
         raise
     except ProgrammingError as exc:

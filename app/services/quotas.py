@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy.exc import IntegrityError
+
 from app.core.errors import Forbidden, UnprocessableEntity
 from app.db.repositories.tenants import PlanLimits
 
@@ -39,6 +41,11 @@ class UnknownPlan(UnprocessableEntity):
 
     def __init__(self, plan: str) -> None:
         super().__init__(f"No plan named {plan!r}; GET /admin/v1/plans lists them.")
+
+    @staticmethod
+    def raised_by(exc: IntegrityError) -> bool:
+        """Whether a tenant's insert or update failed on its plan's foreign key."""
+        return "fk_tenants_plan_plans" in str(exc.orig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,7 +285,7 @@ async def update_tenant(
             action = STATUS_ACTIONS[str(status)] if status is not None else "tenant.updated"
             await admin_audit.record(conn, actor=actor, action=action, tenant=record, changes=diff)
     except IntegrityError as exc:
-        if "fk_tenants_plan_plans" in str(exc.orig):
+        if UnknownPlan.raised_by(exc):
             raise UnknownPlan(str(changes.get("plan"))) from exc
         raise
     return record
