@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.admission import Admitted, AdmittedDep, admit
 from app.api.declared_routes import KEYWORD, add_route
 from app.api.errors import responses
-from app.api.middleware import add_response_headers, header_value
+from app.api.middleware import add_response_headers, header_text
 from app.api.preconditions import IfNoneMatch, etag
 from app.api.problems import error_response
 from app.api.responses import cacheable, from_cached
@@ -248,14 +248,10 @@ class CachedReadsFirst:
     ) -> None:
         scope["route"] = route.context  # for the access log, as routing would set it
         state = scope["app"].state
-        authorization = header_value(scope, b"authorization")
         response: Response
         try:
             admitted = await admit(
-                state,
-                None if authorization is None else authorization.decode("latin-1"),
-                "GET",
-                lookup=read.key,
+                state, header_text(scope, b"authorization"), "GET", lookup=read.key
             )
             if admitted.rate is not None:
                 add_response_headers(scope, admitted.rate.headers())
@@ -263,11 +259,7 @@ class CachedReadsFirst:
         except TesseraError as exc:
             response = error_response(exc)
         else:
-            if_none_match = header_value(scope, b"if-none-match")
-            response = from_cached(
-                cached,
-                if_none_match=None if if_none_match is None else if_none_match.decode("latin-1"),
-            )
+            response = from_cached(cached, if_none_match=header_text(scope, b"if-none-match"))
         await response(scope, receive, send)
 
     def _match(self, scope: Scope) -> tuple[_GetRoute, dict[str, str]] | None:

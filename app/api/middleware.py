@@ -164,6 +164,12 @@ def header_value(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def header_text(scope: Scope, name: bytes) -> str | None:
+    """`header_value` decoded as Starlette's `Headers` decode it (latin-1)."""
+    raw = header_value(scope, name)
+    return None if raw is None else raw.decode("latin-1")
+
+
 def _incoming_request_id(scope: Scope) -> str | None:
     raw = header_value(scope, b"x-request-id")
     if raw is None:

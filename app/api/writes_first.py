@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.admission import admit
 from app.api.declared_routes import DeclaredWrite, WriteCall, declared_write_of
 from app.api.dependencies.db import tenant_write
-from app.api.middleware import add_response_headers, header_value
+from app.api.middleware import add_response_headers, header_text, header_value
 from app.api.problems import error_response
 from app.core.errors import TesseraError
 
@@ -60,19 +60,14 @@ class _WriteRoute:
                 model = declared.body.model_validate(json.loads(body))
         except Exception:  # invalid JSON or values, or JSON nested past the recursion limit
             return None
-        key = _header(scope, b"idempotency-key")
+        key = header_text(scope, b"idempotency-key")
         return WriteCall(
             ids=ids,
             body=model,
-            if_match=_header(scope, b"if-match"),
+            if_match=header_text(scope, b"if-match"),
             key=key,
             path=Request(scope).url.path if key is not None else "",
         )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    raw = header_value(scope, name)
-    return None if raw is None else raw.decode("latin-1")  # as Starlette's Headers decode
 
 
 def _plain_json(scope: Scope) -> bool:
@@ -136,7 +131,7 @@ class DeclaredWritesFirst:
         assert route.declared is not None
         scope["route"] = route.context  # for the access log, as routing would set it
         state = scope["app"].state
-        authorization = _header(scope, b"authorization")
+        authorization = header_text(scope, b"authorization")
         try:
             admitted = await admit(state, authorization, scope["method"])
             if admitted.rate is not None:
