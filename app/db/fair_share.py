@@ -94,14 +94,17 @@ class TenantSlots:
             del self._busy[tenant]
 
     async def _wait(self, tenant: str, limit: int) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiting.setdefault(tenant, deque()).append(waiter)
+        # A timer that fails the waiter unless a slot came first (give_back skips a waiter
+        # that is done): one timer handle, where asyncio.timeout cost a context manager,
+        # a reschedule and a cancellation of the task on every wait.
+        wait = self.wait_seconds * random.uniform(0.5, 1.0)  # noqa: S311
+        timer = loop.call_later(wait, _run_out, waiter)
         try:
-            async with asyncio.timeout(self.wait_seconds * random.uniform(0.5, 1.0)):  # noqa: S311
-                await waiter
+            await waiter
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                return  # handed a slot in the very instant the wait ran out: keep it
             self._forget(tenant, waiter)
             if self._on_rejection is not None:
                 self._on_rejection(tenant)
@@ -115,6 +118,8 @@ class TenantSlots:
             else:
                 self._forget(tenant, waiter)
             raise
+        finally:
+            timer.cancel()
 
     def _forget(self, tenant: str, waiter: asyncio.Future[None]) -> None:
         waiters = self._waiting.get(tenant)
@@ -126,3 +131,8 @@ class TenantSlots:
             pass
         if not waiters:
             del self._waiting[tenant]
+
+
+def _run_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -34,10 +34,9 @@ from app.db.tenancy import TenantSchema, begin_pinned_sql
 DEFAULT_TIMEOUT_SECONDS = 4.0
 ROLLBACK_TIMEOUT_SECONDS = 1.0
 
-# How long a read-only transaction may stay open, its connection parked, waiting for the
-# next request to carry its COMMIT; after that it is committed and goes back to the pool.
-# It holds only the read's ACCESS SHARE locks, so a migration or a tenant deletion waits
-# at most this long for it.
+# How long a parked connection waits for the next transaction before it goes back to the
+# pool (its read-only transaction committed first, if it has one, which holds only ACCESS
+# SHARE locks: a migration or a tenant deletion waits at most this long for it).
 PARK_SECONDS = 0.05
 
 # Each PostgreSQL backend caches the catalog of every schema it has worked in (about 40 KiB
@@ -48,7 +47,6 @@ DEFAULT_MAX_SCHEMAS_PER_CONNECTION: int = Settings.model_fields[
     "db_max_schemas_per_connection"
 ].default
 _SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
-
 
 _CANCELLED = "A database statement ran past the tenant's statement timeout; nothing changed."
 
@@ -84,6 +82,7 @@ def _lost(exc: BaseException) -> ConnectionLost:
 class _Parked:
     pooled: PoolProxiedConnection
     timer: asyncio.TimerHandle
+    owes_commit: bool  # a read-only transaction still open on it; else idle and clean
 
 
 class TenantConnections:
@@ -93,10 +92,11 @@ class TenantConnections:
     the next transaction takes that connection (newest first) and sends the COMMIT in the
     same round trip as its own BEGIN and pin, so a cached read that misses costs two
     PostgreSQL round trips instead of three, and no pool checkout
-    (docs/decisions/0014-read-only-commit-rides-with-the-next-begin.md). At most half the
-    pool is parked, so SQLAlchemy's own users (registry, admin) always find connections
-    going round the pool, and none while the pool is exhausted, so a request queued on it
-    is served first.
+    (docs/decisions/0014-read-only-commit-rides-with-the-next-begin.md). A connection whose
+    write has committed is parked too, idle and clean: the next transaction skips the pool's
+    checkout, a greenlet hop (docs/decisions/0029). At most half the pool is parked, so
+    SQLAlchemy's own users (registry, admin) always find connections going round the pool,
+    and none while the pool is exhausted, so a request queued on it is served first.
     """
 
     def __init__(
@@ -181,7 +181,7 @@ class TenantConnections:
                     if isinstance(exc, QueryCanceledError):
                         raise StatementTimeout(_CANCELLED) from exc
                     raise
-                parked = read_only and not retire and self._park(pooled)
+                parked = read_only and not retire and self._park(pooled, owes_commit=True)
                 if not parked:
                     try:
                         await raw.execute("COMMIT", timeout=timeout)
@@ -194,7 +194,8 @@ class TenantConnections:
                 if parked:
                     pass  # committed later: with the next BEGIN, or after park_seconds
                 elif ended and _idle_and_clean(raw) and not retire:
-                    await self._checkin(pooled)
+                    if not self._park(pooled, owes_commit=False):
+                        await self._checkin(pooled)
                 elif raw.is_closed():
                     await self._discard_dead(pooled)
                 else:  # not ended cleanly, or retired: its backend (and catalog cache) goes
@@ -216,10 +217,9 @@ class TenantConnections:
         has run yet: it is discarded with its generation and the BEGIN goes once more to a
         fresh one."""
         for attempt in range(2):
-            pooled = self._take_parked()
-            owes_commit = pooled is not None
-            if pooled is None:
-                pooled = await self._checkout()
+            parked = self._take_parked()
+            owes_commit = parked is not None and parked.owes_commit
+            pooled = parked.pooled if parked is not None else await self._checkout()
             raw = _driver(pooled)
             timeout_ms = None if share is None else share.statement_timeout_ms
             begin = begin_pinned_sql(tenant, read_only=read_only, statement_timeout_ms=timeout_ms)
@@ -251,7 +251,7 @@ class TenantConnections:
         while self._parked:
             parked = self._parked.pop()
             parked.timer.cancel()
-            await self._finish(parked.pooled)
+            await self._finish(parked)
         await asyncio.gather(*self._finishing, return_exceptions=True)
 
     # Checkout and checkin.
@@ -301,20 +301,20 @@ class TenantConnections:
 
     # Parking.
 
-    def _take_parked(self) -> PoolProxiedConnection | None:
+    def _take_parked(self) -> _Parked | None:
         while self._parked:
             parked = self._parked.pop()
             parked.timer.cancel()
             if not _driver(parked.pooled).is_closed():
-                return parked.pooled
+                return parked
             self._in_background(self._discard_dead(parked.pooled))
         return None
 
-    def _park(self, pooled: PoolProxiedConnection) -> bool:
+    def _park(self, pooled: PoolProxiedConnection, *, owes_commit: bool) -> bool:
         if len(self._parked) >= self._capacity or self._pool_exhausted():
             return False
         timer = asyncio.get_running_loop().call_later(self.park_seconds, self._expire, pooled)
-        self._parked.append(_Parked(pooled, timer))
+        self._parked.append(_Parked(pooled, timer, owes_commit))
         return True
 
     def _pool_exhausted(self) -> bool:
@@ -331,12 +331,14 @@ class TenantConnections:
         for index, parked in enumerate(self._parked):
             if parked.pooled is pooled:
                 del self._parked[index]
-                self._in_background(self._finish(pooled))
+                self._in_background(self._finish(parked))
                 return
 
-    async def _finish(self, pooled: PoolProxiedConnection) -> None:
+    async def _finish(self, parked: _Parked) -> None:
+        pooled = parked.pooled
         try:
-            await _driver(pooled).execute("COMMIT", timeout=DEFAULT_TIMEOUT_SECONDS)
+            if parked.owes_commit:
+                await _driver(pooled).execute("COMMIT", timeout=DEFAULT_TIMEOUT_SECONDS)
         except Exception:
             await greenlet_spawn(pooled.invalidate)
         else:

@@ -67,10 +67,12 @@ def pin_sql(tenant: TenantSchema, *, statement_timeout_ms: int | None = None) ->
     return sql
 
 
+@lru_cache(maxsize=4096)
 def begin_pinned_sql(
     tenant: TenantSchema, *, read_only: bool = False, statement_timeout_ms: int | None = None
 ) -> str:
-    """BEGIN and the pin (with the statement timeout), for one simple-protocol round trip."""
+    """BEGIN and the pin (with the statement timeout), for one simple-protocol round trip.
+    Kept for the tenants in use: every transaction of the request path starts with it."""
     begin = "BEGIN READ ONLY; " if read_only else "BEGIN; "
     return begin + pin_sql(tenant, statement_timeout_ms=statement_timeout_ms)
 

@@ -192,13 +192,12 @@ class TenantCache:
             return
         redis_keys = sorted({version_key(tenant, k.versioned) for k in keys})
         try:
-            async with asyncio.timeout(self.timeout_seconds):
-                if tenant.prefix in self._unflushed:
+            if tenant.prefix in self._unflushed:
+                async with asyncio.timeout(self.timeout_seconds):
                     await self._flush(tenant)  # wider than these keys: covers them
-                else:
-                    await self._invalidate(
-                        keys=redis_keys, args=[secrets.token_hex(8), self.version_ttl_ms]
-                    )
+            else:
+                args = [secrets.token_hex(8), self.version_ttl_ms]
+                await within(self._own_timeout, self._invalidate(keys=redis_keys, args=args))
             self.outages.failing = False
         except REDIS_UNAVAILABLE_ERRORS as exc:
             self.outages.report(exc)

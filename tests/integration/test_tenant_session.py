@@ -213,7 +213,9 @@ async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
     for _ in range(3):  # one after another: the one pooled connection, every time
         async with connections.transaction(loc(tenant)) as session:
             backends.add(await session.scalar(text("SELECT pg_backend_pid()")))
-    assert len(backends) == 1 and pool.checkedout() == 0
+    assert len(backends) == 1 and pool.checkedout() == 1  # parked, clean, for the next one
+    await connections.aclose()  # back to the pool
+    assert pool.checkedout() == 0
 
     started = asyncio.Event()
 
@@ -228,6 +230,7 @@ async def test_connections_go_back_to_the_pool_and_overflow_ones_are_closed(
     assert pool.checkedout() == 3  # two of them overflow
     started.set()
     assert len(set(await asyncio.gather(*waiting))) == 3
+    await connections.aclose()  # the one parked (at most half the pool, at least one)
     # The two overflow connections were closed on their way back; one stays pooled.
     assert pool.checkedout() == 0 and pool.overflow() == 0  # none beyond pool_size
     assert pool.checkedin() == 1
@@ -263,7 +266,14 @@ async def test_a_read_only_transaction_parks_and_the_next_begin_carries_its_comm
         assert (pid, who, read_only) == (first_pid, other_tenant.db_role, False)
         assert await session.scalar(text("SELECT txid_current()")) != first_xid
         await session.execute(insert(projects).values(id=uuid.uuid4(), name="yes"))
-    assert pool.checkedout() == 0  # a write commits and goes back to the pool at once
+    # A write commits at once; its connection is parked too, idle and clean: the next
+    # transaction takes it without a checkout, and after park_seconds the pool has it back.
+    assert pool.checkedout() == 1
+    await asyncio.sleep(room_to_park.park_seconds + 0.2)
+    assert pool.checkedout() == 0
+    async with room_to_park.engine.connect() as conn:  # nothing of the write's pin is left
+        row = (await conn.execute(text("SELECT pg_backend_pid(), current_user"))).one()
+        assert row[0] == first_pid and row[1] != other_tenant.db_role
 
     async with room_to_park.transaction(loc(tenant), read_only=True) as session:
         await session.execute(select(projects.c.id))
