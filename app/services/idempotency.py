@@ -1,10 +1,15 @@
 """Idempotency-Key on creating POSTs: run once, replay the stored response after.
 
 The key's record is written in the request's own transaction, together with what the request
-created, so both commit or neither does (a failed request leaves the key free to retry, and
-no record is ever stuck "in progress"). While a request holds a key it holds a
-transaction-scoped advisory lock on it; a concurrent repeat fails to take the lock without
-waiting and answers 409. A repeat after the commit sees the record and replays it.
+created, so both commit or neither does: a failed request (a problem raised by the create,
+a lost connection) rolls its claim back with everything else and leaves the key free to
+retry, and no record is ever committed "in progress". A fresh key costs two statements
+besides the create: the claim (the key's transaction-scoped advisory lock, taken without
+waiting, and its record inserted `in_progress` in the same statement) and the save of the
+response into that record. A concurrent repeat fails to take the lock and answers 409 at
+once; a repeat after the commit takes the lock, finds a live record it may not claim, and
+replays it (or answers 422 for another request). An expired record is reclaimed by the
+claim as if it were absent. Decision 0028.
 """
 
 from __future__ import annotations
@@ -74,24 +79,13 @@ async def run_once(
     """The response for this request, and whether it is a replay of an earlier one."""
     if key is None:
         return await produce(), False
-    if not await repo.try_lock_key(conn, key):
+    claim = await repo.claim(conn, key, request_hash, keep_for=KEEP_FOR)
+    if not claim.got_lock:
         raise IdempotencyKeyInUse(
             "A request with this Idempotency-Key is still being processed; retry shortly."
         )
-    stored = await repo.get_live(conn, key)
-    if stored is not None:
-        if stored.request_hash != request_hash:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was used for a different request; use a new key."
-            )
-        return (
-            StoredResponse(
-                status=stored.response_status,
-                body=stored.response_body,
-                headers=stored.response_headers,
-            ),
-            True,
-        )
+    if not claim.claimed:
+        return _replay(await repo.get_live(conn, key), request_hash), True
     response = await produce()
     await repo.save_done(
         conn,
@@ -106,8 +100,25 @@ async def run_once(
             },
             response_body=response.body,
         ),
-        keep_for=KEEP_FOR,
         # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
         purge=PURGE_PER_NEW_KEY,
     )
     return response, False
+
+
+def _replay(stored: IdempotencyRecord | None, request_hash: str) -> StoredResponse:
+    """The first response to this request, from the live record the claim left alone."""
+    if stored is None:
+        # Not expected: the claim locked a live, finished record, so the lookup finds it.
+        # Should it ever not, nothing was created and a retry is safe: answer as for a key
+        # still in use rather than create twice.
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry shortly."
+        )
+    if stored.request_hash != request_hash:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used for a different request; use a new key."
+        )
+    return StoredResponse(
+        status=stored.response_status, body=stored.response_body, headers=stored.response_headers
+    )

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.executor import TenantSession
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
-from app.db.tenancy import quote_ident
+from app.db.tenancy import TenantSchema, quote_ident
+from app.services import idempotency
+from app.services.idempotency import StoredResponse
+from tests.conftest import MakeToken
 from tests.factories import post_project
-from tests.support import assert_problem, count_rows
+from tests.integration.test_quotas import tenant_on_plan
+from tests.support import assert_problem, count_rows, eventually
 
 Headers = dict[str, str]
 
@@ -147,6 +155,161 @@ async def test_an_expired_key_is_ignored_and_replaced(
     replay = await client.post("/v1/projects", json={"name": "b"}, headers=keyed)
     assert replay.json()["id"] == second.json()["id"]
     assert await count_rows(engine, tenant, "idempotency_keys") == 1
+    # The reclaimed record is kept 24 hours from its new claim, not from the expired one.
+    async with engine.connect() as conn:
+        left = await conn.scalar(
+            text(
+                f"SELECT expires_at - now() FROM {quote_ident(tenant.schema)}.idempotency_keys "
+                "WHERE state = 'done'"
+            )
+        )
+    assert left is not None and left.total_seconds() > 23 * 3600
+
+
+async def test_a_committed_record_left_in_progress_is_reclaimed(
+    client: httpx.AsyncClient, headers: Headers, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    # Never written by Tessera (a claim commits only as `done`), but a live record that
+    # cannot be replayed must not hold its key for a day either.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"INSERT INTO {quote_ident(tenant.schema)}.idempotency_keys "
+                "(key, request_hash, state, expires_at) "
+                "VALUES ('stuck', 'h', 'in_progress', now() + interval '1 hour')"
+            )
+        )
+    keyed = {**headers, "Idempotency-Key": "stuck"}
+    first = await client.post("/v1/projects", json={"name": "a"}, headers=keyed)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    again = await client.post("/v1/projects", json={"name": "a"}, headers=keyed)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+
+async def test_a_repeat_while_the_first_runs_answers_409_at_once_and_sees_no_record(
+    client: httpx.AsyncClient,
+    headers: Headers,
+    engine: AsyncEngine,
+    tenant: TenantRecord,
+    connections: TenantConnections,
+) -> None:
+    """The first request is a real one held open mid-create, in its own transaction: the
+    repeat must not wait for it (it would wait until the test ends), and its claim, not
+    committed, is seen by no one."""
+    body = {"name": "slow"}
+    request_hash = idempotency.fingerprint("POST", "/v1/projects", body)
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    creating, release = asyncio.Event(), asyncio.Event()
+
+    async def produce() -> StoredResponse:
+        creating.set()
+        await release.wait()
+        raise RuntimeError("the first request fails")
+
+    async def first() -> None:
+        async with connections.transaction(location) as conn:
+            await idempotency.run_once(conn, "slow-1", request_hash, produce)
+
+    running = asyncio.create_task(first())
+    try:
+        await asyncio.wait_for(creating.wait(), 5)
+        keyed = {**headers, "Idempotency-Key": "slow-1"}
+        repeat = await asyncio.wait_for(client.post("/v1/projects", json=body, headers=keyed), 5)
+        assert_problem(repeat, 409, "idempotency_key_in_use")
+        assert not running.done()
+        assert await count_rows(engine, tenant, "idempotency_keys") == 0
+    finally:
+        release.set()
+        with pytest.raises(RuntimeError):
+            await running
+    # The first failed: its claim rolled back with it, and the key is free.
+    assert await count_rows(engine, tenant, "idempotency_keys") == 0
+    retry = await client.post("/v1/projects", json=body, headers=keyed)
+    assert retry.status_code == 201 and "idempotent-replayed" not in retry.headers
+    assert await count_rows(engine, tenant, "projects") == 1
+
+
+async def test_a_create_that_fails_with_a_problem_leaves_no_record_and_the_key_free(
+    client: httpx.AsyncClient, headers: Headers, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    project_id = uuid.uuid4()
+    url = f"/v1/projects/{project_id}/tasks"
+    keyed = {**headers, "Idempotency-Key": "task-of-nothing"}
+    for _ in range(2):  # a 404 is not replayed: the second is answered afresh
+        missing = await client.post(url, json={"title": "t"}, headers=keyed)
+        assert_problem(missing, 404, "project_not_found")
+        assert "idempotent-replayed" not in missing.headers
+    assert await count_rows(engine, tenant, "idempotency_keys") == 0
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"INSERT INTO {quote_ident(tenant.schema)}.projects (id, name) VALUES (:id, 'late')"
+            ),
+            {"id": project_id},
+        )
+    created = await client.post(url, json={"title": "t"}, headers=keyed)
+    assert created.status_code == 201 and "idempotent-replayed" not in created.headers
+    assert await count_rows(engine, tenant, "idempotency_keys") == 1
+
+
+async def test_a_create_refused_by_a_quota_leaves_the_key_free(
+    client: httpx.AsyncClient,
+    admin: Headers,
+    make_token: MakeToken,
+    unique_slug: Callable[[str], str],
+) -> None:
+    plan, _, headers = await tenant_on_plan(client, admin, make_token, unique_slug, max_projects=0)
+    keyed = {**headers, "Idempotency-Key": "over-quota"}
+    refused = await client.post("/v1/projects", json={"name": "q"}, headers=keyed)
+    assert_problem(refused, 403, "quota_exceeded")
+    raised = await client.patch(
+        f"/admin/v1/plans/{plan}", json={"max_projects": None}, headers=admin
+    )
+    assert raised.status_code == 200
+    answers: list[httpx.Response] = []
+
+    async def create() -> int:
+        answers.append(await client.post("/v1/projects", json={"name": "q"}, headers=keyed))
+        return answers[-1].status_code
+
+    await eventually(create, 201, within=1.0)
+    assert "idempotent-replayed" not in answers[-1].headers
+    again = await client.post("/v1/projects", json={"name": "q"}, headers=keyed)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == answers[-1].json()
+
+
+async def test_a_fresh_key_adds_two_statements_and_a_replay_sends_two(
+    client: httpx.AsyncClient, headers: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Besides BEGIN + pin and COMMIT (not sent through the session): a fresh key is the
+    claim and the save around the create, a replay the claim and the lookup (decision
+    0028). Counted as the difference with the same create without a key, so the count
+    does not depend on how many statements the create itself sends."""
+    sent: list[str] = []
+    execute = TenantSession.execute
+
+    async def counted(self: TenantSession, statement: Any, parameters: Any = None) -> Any:
+        sent.append(str(statement))
+        return await execute(self, statement, parameters)
+
+    monkeypatch.setattr(TenantSession, "execute", counted)
+
+    async def statements(extra: Headers) -> list[str]:
+        sent.clear()
+        response = await client.post("/v1/projects", json={"name": "n"}, headers=extra)
+        assert response.status_code == 201, response.text
+        return list(sent)
+
+    plain = await statements(headers)
+    keyed = {**headers, "Idempotency-Key": "counted"}
+    fresh = await statements(keyed)
+    replay = await statements(keyed)
+    assert len(fresh) == len(plain) + 2
+    assert "pg_try_advisory_xact_lock" in fresh[0] and "INSERT INTO idempotency_keys" in fresh[0]
+    assert fresh[-1].startswith("WITH purged") and "UPDATE idempotency_keys" in fresh[-1]
+    assert len(replay) == 2 and replay[0] == fresh[0]
 
 
 async def test_task_creation_is_idempotent_and_a_failed_attempt_does_not_burn_the_key(

@@ -1,4 +1,5 @@
-"""Queries on a tenant's `idempotency_keys` table, and the per-key transaction lock."""
+"""Queries on a tenant's `idempotency_keys` table: the claim of a key (its transaction lock
+and its record in one statement), the lookup of a finished record, and its completion."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Interval, LargeBinary, bindparam, delete, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    LargeBinary,
+    String,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from app.db.executor import Executor, prebuilt
 from app.db.models.tenant import idempotency_keys
-
-# The lock id hashes the pinned schema with the key, so keys are per tenant without the
-# schema name ever appearing in Python; the lock ends with the transaction.
-_TRY_LOCK = prebuilt(
-    text(
-        "SELECT pg_try_advisory_xact_lock("
-        "hashtextextended(current_schema() || ':idempotency:' || :key, 0))"
-    )
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +37,72 @@ class IdempotencyRecord:
     response_body: bytes
 
 
-async def try_lock_key(conn: Executor, key: str) -> bool:
-    """Take the key's transaction-scoped lock without waiting; False when another
-    transaction (a request still running with this key) holds it."""
-    return bool(await conn.scalar(_TRY_LOCK, {"key": key}))
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the claim found: `got_lock` False when another transaction (a request still
+    running with this key) holds the key's lock; `claimed` True when this transaction now
+    has the key's record, new or reclaimed from one no longer live, and must run the
+    request; `got_lock` without `claimed`: a live record exists, to replay."""
+
+    got_lock: bool
+    claimed: bool
+
+
+def _claim() -> Any:
+    """Take the key's transaction-scoped lock without waiting and, only when it was taken,
+    insert the key's record `in_progress`, or reclaim the record already there when it is
+    not live (expired, or not `done`); a live record is left alone. One statement.
+
+    The lock id hashes the pinned schema with the key, so keys are per tenant without the
+    schema name ever appearing in Python; the lock ends with the transaction. Holding it,
+    no other transaction is writing this key's record, so the record is absent or committed
+    (or expired and being purged by another transaction's save, which the insert waits
+    for: that save is its transaction's last statement). `ON CONFLICT` judges the latest
+    committed version of the row even when it committed after this statement's snapshot
+    was taken (READ COMMITTED: a request that finished between our snapshot and our lock
+    is still seen), and it locks that row even when its `WHERE` leaves it alone: until
+    COMMIT no purge deletes it and nothing else changes it, so the lookup that follows (a
+    new statement, a newer snapshot) finds the very record judged live here."""
+    key_lock = select(
+        func.pg_try_advisory_xact_lock(
+            func.hashtextextended(
+                literal_column("current_schema() || ':idempotency:'", String)
+                + bindparam("key", type_=String),
+                0,
+            )
+        ).label("got")
+    ).cte("key_lock")
+    values: dict[str, ColumnElement[Any]] = {
+        "key": bindparam("key", type_=String),
+        "request_hash": bindparam("request_hash"),
+        "state": literal("in_progress"),
+        "created_at": func.now(),
+        "expires_at": func.now() + bindparam("keep_for", type_=Interval),
+    }
+    record = insert(idempotency_keys).from_select(
+        list(values), select(*values.values()).where(key_lock.c.got)
+    )
+    # Every field of the record, the response's included (NULL until `_SAVE_DONE`).
+    fields = [column.name for column in idempotency_keys.c if column.name != "key"]
+    claim = record.on_conflict_do_update(
+        index_elements=[idempotency_keys.c.key],
+        set_={name: record.excluded[name] for name in fields},
+        # The exact complement of `_GET_LIVE`'s filter: what is not claimed, it finds.
+        where=or_(idempotency_keys.c.state != "done", idempotency_keys.c.expires_at <= func.now()),
+    ).returning(idempotency_keys.c.key)
+    claimed = claim.cte("claimed")
+    return select(key_lock.c.got, exists(select(claimed.c.key)).label("claimed"))
+
+
+_CLAIM = prebuilt(_claim())
+
+
+async def claim(conn: Executor, key: str, request_hash: str, *, keep_for: timedelta) -> Claim:
+    """Lock and claim `key` for this transaction, kept for `keep_for` once done (_claim)."""
+    row = (
+        await conn.execute(_CLAIM, {"key": key, "request_hash": request_hash, "keep_for": keep_for})
+    ).one()
+    return Claim(got_lock=bool(row.got), claimed=bool(row.claimed))
 
 
 _GET_LIVE = prebuilt(
@@ -63,25 +131,10 @@ async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
 
 
 def _save_done_and_purge() -> Any:
-    """Record the response, replacing an expired record of the same key (the caller holds
-    the key's lock and found no live record, so any row left is an expired one), and delete
-    up to `purge` expired records (rows other transactions hold are skipped), so the table
-    stays as small as the keys of the last 24 hours without a separate job. One statement."""
-    values = {
-        "key": bindparam("key"),
-        "request_hash": bindparam("request_hash"),
-        "state": "done",
-        "response_status": bindparam("response_status"),
-        "response_headers": bindparam("response_headers", type_=JSONB),
-        "response_body": bindparam("response_body", type_=LargeBinary),
-        "created_at": func.now(),
-        "expires_at": func.now() + bindparam("keep_for", type_=Interval),
-    }
-    save = insert(idempotency_keys).values(**values)
-    save = save.on_conflict_do_update(
-        index_elements=[idempotency_keys.c.key],
-        set_={name: save.excluded[name] for name in values if name != "key"},
-    )
+    """Record the response in the record this transaction claimed (it keeps the expiry the
+    claim set), and delete up to `purge` expired records (rows other transactions hold are
+    skipped), so the table stays as small as the keys of the last 24 hours without a
+    separate job. One statement."""
     expired = (
         select(idempotency_keys.c.key)
         # Never the key being saved: one statement must not change a row twice.
@@ -92,25 +145,32 @@ def _save_done_and_purge() -> Any:
         .with_for_update(skip_locked=True)
     )
     purge = delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired))
+    save = (
+        update(idempotency_keys)
+        .where(idempotency_keys.c.key == bindparam("key"))
+        .values(
+            state="done",
+            response_status=bindparam("response_status"),
+            response_headers=bindparam("response_headers", type_=JSONB),
+            response_body=bindparam("response_body", type_=LargeBinary),
+        )
+    )
     return save.add_cte(purge.cte("purged"))
 
 
 _SAVE_DONE = prebuilt(_save_done_and_purge())
 
 
-async def save_done(
-    conn: Executor, record: IdempotencyRecord, *, keep_for: timedelta, purge: int
-) -> None:
-    """Record the response and purge up to `purge` expired records (_save_done_and_purge)."""
+async def save_done(conn: Executor, record: IdempotencyRecord, *, purge: int) -> None:
+    """Record the response of the key this transaction claimed and purge up to `purge`
+    expired records (_save_done_and_purge)."""
     await conn.execute(
         _SAVE_DONE,
         {
             "key": record.key,
-            "request_hash": record.request_hash,
             "response_status": record.response_status,
             "response_headers": record.response_headers,
             "response_body": record.response_body,
-            "keep_for": keep_for,
             "purge": purge,
         },
     )
