@@ -130,21 +130,32 @@ async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
     return IdempotencyRecord(**values)
 
 
-def _save_done_and_purge() -> Any:
-    """Record the response in the record this transaction claimed (it keeps the expiry the
-    claim set), and delete up to `purge` expired records (rows other transactions hold are
-    skipped), so the table stays as small as the keys of the last 24 hours without a
-    separate job. One statement."""
-    expired = (
+def expired_keys() -> Any:
+    """Up to `:purge` expired keys, never `:key`, skipping rows other transactions hold.
+
+    Oldest first, by the expiry index: the planner cannot know how many rows `expires_at <
+    now()` keeps and guesses a third, so without the ORDER BY it chose a sequential scan
+    that stops after `:purge` rows, and, with none expired, read the whole table on every
+    save (measured: 0.9 ms a save at 8,000 live keys, growing with them); the index scan
+    stops at the first live key."""
+    return (
         select(idempotency_keys.c.key)
         # Never the key being saved: one statement must not change a row twice.
         .where(
             idempotency_keys.c.expires_at < func.now(), idempotency_keys.c.key != bindparam("key")
         )
+        .order_by(idempotency_keys.c.expires_at)
         .limit(bindparam("purge"))
         .with_for_update(skip_locked=True)
     )
-    purge = delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired))
+
+
+def _save_done_and_purge() -> Any:
+    """Record the response in the record this transaction claimed (it keeps the expiry the
+    claim set), and delete up to `purge` expired records (rows other transactions hold are
+    skipped), so the table stays as small as the keys of the last 24 hours without a
+    separate job. One statement."""
+    purge = delete(idempotency_keys).where(idempotency_keys.c.key.in_(expired_keys()))
     save = (
         update(idempotency_keys)
         .where(idempotency_keys.c.key == bindparam("key"))
