@@ -74,6 +74,37 @@ def _template(context: RouteContext) -> _Template:
     )
 
 
+def _head(path: str) -> str:
+    """A path's first two segments ("/v1/tasks" of "/v1/tasks/..."), or all of a shorter one."""
+    return "/".join(path.split("/", 3)[:3])
+
+
+class _Candidates:
+    """The routes a path may match, in routing order, found by the path's first two
+    segments: a template whose literal prefix holds both ("/v1/tasks/" of "/v1/tasks/{id}",
+    or a whole template without parameters) can only match paths that start with them; the
+    others (shorter prefixes, mounts) are candidates for every path. About 40 prefix tests a
+    request became a dict lookup and the few routes of one resource."""
+
+    def __init__(self, routes: list[_Template]) -> None:
+        keyed: dict[str, list[int]] = {}
+        general: list[int] = []
+        for index, route in enumerate(routes):
+            literal = route.regex is not None and "{" not in route.path_format
+            if literal or route.prefix.count("/") >= 3:
+                head = _head(route.path_format if literal else route.prefix)
+                keyed.setdefault(head, []).append(index)
+            else:
+                general.append(index)
+        self._general = [routes[i] for i in general]
+        self._by_head = {
+            head: [routes[i] for i in sorted(indexes + general)] for head, indexes in keyed.items()
+        }
+
+    def of(self, path: str) -> list[_Template]:
+        return self._by_head.get(_head(path), self._general)
+
+
 class RouteTemplateMiddleware(PrometheusInstrumentatorMiddleware):
     """The instrumentator's middleware, with handler labels resolved on FastAPI's routes.
 
@@ -85,20 +116,20 @@ class RouteTemplateMiddleware(PrometheusInstrumentatorMiddleware):
     when the path starts with the template's literal prefix (docs/decisions/0027).
     """
 
-    _routes: list[_Template]
+    _routes: _Candidates
     _routes_key: int = -1
 
     def _get_handler(self, request: Request) -> tuple[str, bool]:
         app_routes = request.app.routes
         # Routes are fixed once the app serves; rebuild only if the top level changed.
         if len(app_routes) != self._routes_key:
-            self._routes = [_template(ctx) for ctx in iter_route_contexts(app_routes)]
+            self._routes = _Candidates([_template(ctx) for ctx in iter_route_contexts(app_routes)])
             self._routes_key = len(app_routes)
         scope = request.scope
         path = get_route_path(scope)
         method = scope["method"]
         partial: str | None = None
-        for route in self._routes:
+        for route in self._routes.of(path):
             if route.regex is None:
                 match, _ = route.context.matches(scope)
             elif not path.startswith(route.prefix) or route.regex.match(path) is None:

@@ -92,6 +92,48 @@ async def scrape(client: httpx.AsyncClient, token: str | None = None) -> str:
     return response.text
 
 
+def test_handler_labels_found_by_path_head_equal_matching_every_route(settings: Settings) -> None:
+    """The middleware looks only at the routes a path's first two segments allow: for a path
+    of every route of the app (and the test's nested routers), and paths of none, with every
+    method, it names the handler that matching every route in routing order names."""
+    from fastapi.routing import iter_route_contexts
+    from starlette.requests import Request
+    from starlette.routing import Match
+
+    application: FastAPI = create_app(settings)
+    application.include_router(_items_router())
+    middleware = instrumentation.RouteTemplateMiddleware(application)
+    contexts = list(iter_route_contexts(application.routes))
+    paths = {"/", "/v1", "/v1/", "/nothing/here", "/v1/unknown/x", "/admin/v1/nope"}
+    for context in contexts:
+        concrete = str(context.path_format)
+        for name in context.param_convertors:
+            concrete = concrete.replace("{" + name + "}", str(uuid.uuid4()), 1)
+        paths |= {concrete, concrete + "/", concrete + "/extra"}
+    checked = 0
+    for path in sorted(paths):
+        for method in ("GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"):
+            scope = {
+                "type": "http", "method": method, "path": path, "root_path": "",
+                "query_string": b"", "headers": [], "app": application,
+            }  # fmt: skip
+            expected: tuple[str, bool] = (path, False)
+            partial = None
+            for context in contexts:
+                match, _ = context.matches(scope)
+                if match is Match.FULL:
+                    expected = (str(context.path_format), True)
+                    break
+                if match is Match.PARTIAL and partial is None:
+                    partial = str(context.path_format)
+            else:
+                if partial is not None:
+                    expected = (partial, True)
+            assert middleware._get_handler(Request(scope)) == expected, (method, path)
+            checked += 1
+    assert checked > 300
+
+
 async def test_http_metrics_label_route_templates_never_raw_paths(settings: Settings) -> None:
     raw_ids = [uuid.uuid4().hex for _ in range(3)]
     async with serve(settings) as client:
