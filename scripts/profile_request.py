@@ -56,6 +56,11 @@ WRITE_N = 400  # each call of the write rows inserts a project: fewer, for the r
 ROUNDS = 10  # of each paired difference
 PROFILE_OUT: Any = None  # --cprofile: where function profiles go
 
+# Tessera's side of each write the benchmark runs, registered by write_rows and
+# task_write_rows, for the part-by-part table (write_parts).
+WRITES: dict[str, Callable[[], Awaitable[int]]] = {}
+WRITE_PARTS: list[str] = []  # that table's lines (docs/profile.md's second section)
+
 FAIR_SHARE_ROW = "fair share admission (tenant slot + statement timeout in the pin, vs neither)"
 FAIR_SHARE_CODE_ROW = "fair share admission, its code alone (slot, pin SQL; no round trips)"
 
@@ -226,6 +231,7 @@ async def measure(
     if only_writes:
         rows.extend(await write_rows(app, baseline_app, token, read))
         rows.extend(await task_write_rows(app, baseline_app, token, settings.dsn, tenant.schema))
+        await write_parts()
         await bare.__aexit__(None, None, None)
         await manager.__aexit__(None, None, None)
         return rows
@@ -310,6 +316,7 @@ async def measure(
     rows.append((FAIR_SHARE_ROW, await fair_share_admission_cost(app.state.connections, location)))
     rows.append((FAIR_SHARE_CODE_ROW, await fair_share_code_cost(location)))
     rows.extend(await task_write_rows(app, baseline_app, token, settings.dsn, tenant.schema))
+    await write_parts()
     await bare.__aexit__(None, None, None)
     await manager.__aexit__(None, None, None)
 
@@ -355,6 +362,7 @@ async def write_rows(app: Any, baseline_app: Any, token: str, read: str) -> list
     async def bare_insert() -> int:
         return await call(baseline_app, "/v1/projects", "", "POST", body)
 
+    WRITES["POST /v1/projects"] = create
     for fn in (create, create_keyed, bare_insert):
         status = await fn()
         if status != 201:
@@ -450,7 +458,8 @@ async def task_write_rows(
             )
             return [str(row["id"]) for row in rows]
 
-        deletes = WRITE_N + max(100, WRITE_N // 10)
+        # Each DELETE deletes one: its row above, then write_parts' measure and profile.
+        deletes = 3 * (WRITE_N + max(100, WRITE_N // 10))
         patched = {"tessera": (await seed(1))[0], "bare": (await seed(1))[0]}
         doomed = {"tessera": iter(await seed(deletes)), "bare": iter(await seed(deletes))}
     finally:
@@ -487,6 +496,9 @@ async def task_write_rows(
         return run
 
     tasks = f"/v1/projects/{project}/tasks"
+    WRITES["POST /v1/projects/{id}/tasks"] = lambda: call(app, tasks, token, "POST", task_body)
+    WRITES["PATCH /v1/tasks/{id}"] = patch(app, "tessera", token)
+    WRITES["DELETE /v1/tasks/{id}"] = remove(app, "tessera", token)
     rows = [
         (
             "baseline app: POST /v1/projects/{id}/tasks",
@@ -518,6 +530,170 @@ async def task_write_rows(
     return rows
 
 
+# The parts of a write, each the CPU spent inside some of the path's own functions (less
+# what nested parts take), timed by wrappers put on those functions while the write runs:
+# (label, the functions it times, the labels of the parts inside them).
+_PARTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("HTTP metrics (the instrumentator's middleware)", ("metrics",), ("middleware",)),
+    (
+        "request middleware: request id, body limit, access log, tenant metric, usage tally",
+        ("middleware",),
+        ("early paths",),
+    ),
+    ("of which the access log line", ("access log",), ()),
+    (
+        "admission: token, tenant, status, scope (`admit`)",
+        ("admit",),
+        ("rate limit",),
+    ),
+    ("rate limit (one Redis round trip)", ("rate limit",), ()),
+    ("body and parameters, validated by the route's own models", ("validation",), ()),
+    ("fair share slot (taken and given back)", ("slot", "slot back"), ()),
+    ("connection and BEGIN + pin (one round trip)", ("begin",), ()),
+    ("the write's statement with its audit event (one round trip)", ("statement",), ()),
+    ("COMMIT (one round trip), connection parked", ("commit",), ("slot back",)),
+    ("cache invalidation after the commit (one Redis round trip)", ("invalidation",), ()),
+    ("answer: record to model, JSON body, headers", ("answer",), ()),
+)
+
+
+@contextlib.contextmanager
+def _timing(spent: dict[str, int]) -> Any:
+    """Wrap the write path's functions so that each adds the CPU spent inside it (its
+    callees included) to `spent[name]`, in nanoseconds; the originals come back after."""
+    from app.api import declared_routes, writes_first
+    from app.api import middleware as request_middleware
+    from app.api.cached_reads import CachedReadsFirst
+    from app.api.dependencies.db import CacheInvalidation
+    from app.db.executor import TenantSession
+    from app.services.rate_limiter import TenantRateLimiter
+
+    clock = time.process_time_ns
+
+    def sync(fn: Any, name: str) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += clock() - started
+
+        return timed
+
+    def coroutine(fn: Any, name: str) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                spent[name] += clock() - started
+
+        return timed
+
+    def context(fn: Any) -> Any:
+        """The pool's transaction: its entry (slot, BEGIN + pin) is timed by the wrappers
+        inside it; its exit is the COMMIT (and the slot given back)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            manager = fn(*args, **kwargs)
+
+            class Timed:
+                async def __aenter__(self) -> Any:
+                    return await manager.__aenter__()
+
+                async def __aexit__(self, *exc: Any) -> Any:
+                    started = clock()
+                    try:
+                        return await manager.__aexit__(*exc)
+                    finally:
+                        spent["commit"] += clock() - started
+
+            return Timed()
+
+        return timed
+
+    patches: list[tuple[Any, str, Any]] = [
+        (RouteTemplateMiddleware, "__call__", coroutine, "metrics"),
+        (request_middleware.RequestContextMiddleware, "__call__", coroutine, "middleware"),
+        (CachedReadsFirst, "__call__", coroutine, "early paths"),
+        (request_middleware.access_logger, "info", sync, "access log"),
+        (writes_first, "admit", coroutine, "admit"),
+        (TenantRateLimiter, "check", coroutine, "rate limit"),
+        (writes_first._WriteRoute, "call", sync, "validation"),
+        (TenantSlots, "take", coroutine, "slot"),
+        (TenantSlots, "give_back", sync, "slot back"),
+        (TenantConnections, "_begin", coroutine, "begin"),
+        (TenantConnections, "transaction", None, "commit"),
+        (TenantSession, "execute", coroutine, "statement"),
+        (CacheInvalidation, "apply", coroutine, "invalidation"),
+        (declared_routes, "created", sync, "answer"),
+        (declared_routes, "changed", sync, "answer"),
+    ]  # type: ignore[list-item]
+    originals = []
+    for owner, attribute, wrap, name in patches:  # type: ignore[misc]
+        # Its own (restored after) or inherited from a class (the wrapper then removed).
+        own = owner.__dict__.get(attribute)
+        originals.append((owner, attribute, own))
+        spent.setdefault(name, 0)
+        original = getattr(owner, attribute) if own is None or not isinstance(owner, type) else own
+        setattr(owner, attribute, context(original) if wrap is None else wrap(original, name))
+    try:
+        yield
+    finally:
+        for owner, attribute, own in originals:
+            if own is None:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, own)
+
+
+async def write_parts() -> None:
+    """Where each write's CPU goes, part by part (issue 17): the CPU spent inside each part's
+    functions while the write runs (timed by wrappers, not a profiler, which would add its
+    own cost to every Python call and inflate the parts made of many), against the write's
+    CPU measured without the wrappers; what no part names (uvicorn-less ASGI plumbing,
+    Starlette's and FastAPI's layers, the harness) is the rest."""
+    columns = list(WRITES)
+    shares: dict[str, list[float]] = {label: [] for label, _, _ in _PARTS}
+    totals: list[float] = []
+    for name in columns:
+        fn = WRITES[name]
+        totals.append(await cpu_per_call(fn, WRITE_N))
+        spent: dict[str, int] = {}
+        with _timing(spent):
+            for _ in range(WRITE_N):
+                await fn()
+        for label, timed, inner in _PARTS:
+            own = sum(spent[t] for t in timed) - sum(spent[i] for i in inner)
+            shares[label].append(max(own, 0) / WRITE_N / 1000)
+    WRITE_PARTS.clear()
+    WRITE_PARTS.extend(
+        [
+            "## Where a write's CPU goes, part by part",
+            "",
+            "Each write as the benchmark sends it, in-process and sequential. Top row: its CPU "
+            "per request, measured as above. Below: the CPU spent inside each part's own "
+            "functions (callees included, nested parts taken out) while the same write ran "
+            f"{WRITE_N} times with a timing wrapper on each of those functions. A round trip "
+            "costs this process a send, a wake-up and a receive; PostgreSQL's and Redis's "
+            "own time is not included. The access log line is part of the request "
+            "middleware's row (shown on its own below it).",
+            "",
+            "| part | " + " | ".join(columns) + " |",
+            "| --- |" + " ---: |" * len(columns),
+            "| the whole write, µs CPU | " + " | ".join(f"{t:,.0f}" for t in totals) + " |",
+        ]
+    )
+    for label, _, _ in _PARTS:
+        WRITE_PARTS.append(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in shares[label]) + " |")
+    counted = [label for label, _, _ in _PARTS if not label.startswith("of which")]
+    rest = [t - sum(shares[label][i] for label in counted) for i, t in enumerate(totals)]
+    WRITE_PARTS.append(
+        "| the rest: uvicorn-less ASGI plumbing, Starlette's and FastAPI's layers, the "
+        "harness | " + " | ".join(f"{v:,.0f}" for v in rest) + " |"
+    )
+
+
 def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
     lines = [
         "# Where a request's CPU goes",
@@ -536,6 +712,8 @@ def write(rows: list[tuple[str, float]], output: Path, command: str) -> None:
         budget = BUDGET.get(name)
         verdict = "" if budget is None else ("met" if value <= budget else "**over**")
         lines.append(f"| {name} | {value:,.0f} | {'' if budget is None else budget} | {verdict} |")
+    if WRITE_PARTS:
+        lines += ["", *WRITE_PARTS]
     output.write_text("\n".join(lines) + "\n")
 
 
@@ -618,6 +796,7 @@ def main() -> int:
     if args.output is None:
         for name, value in rows:
             print(f"| {name} | {value:,.0f} |")
+        print("\n".join(["", *WRITE_PARTS]))
         return 0
     write(rows, args.output, command)
     print(args.output.read_text())

@@ -11,6 +11,11 @@ from typing import Any
 from app.core.context import request_id_var, tenant_var
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "event_fields"}
+# A record with these attributes and nothing else carries no `extra=` keys: the access log's
+# line (one per request) skips looking for them. One encoder, built once: json.dumps builds
+# one per call when given `default`.
+_PLAIN_RECORD = len(vars(logging.makeLogRecord({}))) + 1  # its attributes and event_fields
+_ENCODER = json.JSONEncoder(default=str)
 
 
 def _add_context(fields: dict[str, Any]) -> None:
@@ -35,12 +40,13 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "event_fields", None)
         if fields:
             entry.update(fields)
-        for key in record.__dict__.keys() - _RESERVED:  # `extra=` keys, usually none
-            if not key.startswith("_"):
-                entry[key] = record.__dict__[key]
+        if len(record.__dict__) > _PLAIN_RECORD or not fields:
+            for key in record.__dict__.keys() - _RESERVED:  # `extra=` keys, usually none
+                if not key.startswith("_"):
+                    entry[key] = record.__dict__[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 class ConsoleFormatter(logging.Formatter):
