@@ -184,6 +184,11 @@ class TenantSession:
         self._raw = raw  # asyncpg.Connection
         self._cache = cache
         self._timeout = timeout
+        self.with_commit: list[str] = []  # sent before the COMMIT, in its round trip
+
+    def commit_sql(self) -> str:
+        """COMMIT, after the statements that ride with it (`at_commit`)."""
+        return "; ".join([*self.with_commit, "COMMIT"])
 
     async def execute(
         self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
@@ -218,3 +223,34 @@ class TenantSession:
         self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
     ) -> Any:
         return (await self.execute(statement, parameters)).scalar()
+
+
+async def at_commit(conn: Executor, sql: str) -> None:
+    """Run `sql`, a statement whose answer nobody reads, as the transaction's last one: on the
+    request path it goes in the COMMIT's round trip (PostgreSQL's simple protocol runs the
+    two in order and stops at an error, so a failing statement leaves the transaction
+    uncommitted, and the request fails as for a failed COMMIT); on a SQLAlchemy connection
+    (CLI, tests) it runs at once. `sql` carries its values inline, so it must be built only
+    from values rendered by `sql_text` and `sql_bytes` (or ints)."""
+    if isinstance(conn, TenantSession):
+        conn.with_commit.append(sql)
+    else:
+        await conn.exec_driver_sql(sql)  # type: ignore[attr-defined]
+
+
+def sql_text(value: str) -> str:
+    """`value` as a SQL string literal that nothing in it can end: an escape string (E'...')
+    with every backslash and quote doubled, so it reads the same whatever
+    `standard_conforming_strings` says (the client encoding is UTF-8, where no character
+    hides a quote or a backslash in its bytes). NUL, which text cannot hold, is refused.
+    (A hex literal decoded by `convert_from` would need no escaping, but the planner will
+    not look it up in an index: the save's UPDATE then read the whole table.)"""
+    if "\x00" in value:
+        raise ValueError("a SQL text value cannot hold NUL")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_bytes(value: bytes) -> str:
+    """`value` as a SQL bytea literal: hex (only 0-9 and a-f between the quotes), in an
+    escape string, so it reads the same whatever `standard_conforming_strings` says."""
+    return f"E'\\\\x{value.hex()}'::bytea"

@@ -165,7 +165,7 @@ class TenantConnections:
             parked = ended = False
             try:
                 try:
-                    yield TenantSession(raw, self.statements, timeout)
+                    yield (session := TenantSession(raw, self.statements, timeout))
                 except BaseException as exc:
                     # Short: if the server does not answer, the connection is dropped
                     # instead. Whatever happens to the ROLLBACK, nothing of this transaction
@@ -184,7 +184,7 @@ class TenantConnections:
                 parked = read_only and not retire and self._park(pooled, owes_commit=True)
                 if not parked:
                     try:
-                        await raw.execute("COMMIT", timeout=timeout)
+                        await raw.execute(session.commit_sql(), timeout=timeout)
                     except Exception as exc:
                         if raw.is_closed() and _refused(exc):
                             raise _lost(exc) from exc

@@ -281,36 +281,91 @@ async def test_a_create_refused_by_a_quota_leaves_the_key_free(
     assert again.json() == answers[-1].json()
 
 
-async def test_a_fresh_key_adds_two_statements_and_a_replay_sends_two(
+async def test_a_fresh_key_adds_one_statement_and_the_save_rides_with_the_commit(
     client: httpx.AsyncClient, headers: Headers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Besides BEGIN + pin and COMMIT (not sent through the session): a fresh key is the
-    claim and the save around the create, a replay the claim and the lookup (decision
-    0028). Counted as the difference with the same create without a key, so the count
-    does not depend on how many statements the create itself sends."""
+    claim before the create, and the save sent in the COMMIT's round trip; a replay is the
+    claim and the lookup (decisions 0028, 0030). Counted as the difference with the same
+    create without a key, so the count does not depend on how many statements the create
+    itself sends."""
     sent: list[str] = []
-    execute = TenantSession.execute
+    commits: list[str] = []
+    execute, commit_sql = TenantSession.execute, TenantSession.commit_sql
 
     async def counted(self: TenantSession, statement: Any, parameters: Any = None) -> Any:
         sent.append(str(statement))
         return await execute(self, statement, parameters)
 
-    monkeypatch.setattr(TenantSession, "execute", counted)
+    def committed(self: TenantSession) -> str:
+        commits.append(commit_sql(self))
+        return commits[-1]
 
-    async def statements(extra: Headers) -> list[str]:
+    monkeypatch.setattr(TenantSession, "execute", counted)
+    monkeypatch.setattr(TenantSession, "commit_sql", committed)
+
+    async def statements(extra: Headers) -> tuple[list[str], str]:
         sent.clear()
+        commits.clear()
         response = await client.post("/v1/projects", json={"name": "n"}, headers=extra)
         assert response.status_code == 201, response.text
-        return list(sent)
+        (commit,) = commits
+        return list(sent), commit
 
-    plain = await statements(headers)
+    plain, plain_commit = await statements(headers)
     keyed = {**headers, "Idempotency-Key": "counted"}
-    fresh = await statements(keyed)
-    replay = await statements(keyed)
-    assert len(fresh) == len(plain) + 2
+    fresh, fresh_commit = await statements(keyed)
+    replay, replay_commit = await statements(keyed)
+    assert plain_commit == replay_commit == "COMMIT"
+    assert len(fresh) == len(plain) + 1
     assert "pg_try_advisory_xact_lock" in fresh[0] and "INSERT INTO idempotency_keys" in fresh[0]
-    assert fresh[-1].startswith("WITH purged") and "UPDATE idempotency_keys" in fresh[-1]
+    assert fresh_commit.startswith("WITH purged") and fresh_commit.endswith("; COMMIT")
+    assert "UPDATE idempotency_keys" in fresh_commit
     assert len(replay) == 2 and replay[0] == fresh[0]
+
+
+async def test_a_save_that_fails_in_the_commit_round_trip_leaves_nothing(
+    client: httpx.AsyncClient,
+    headers: Headers,
+    engine: AsyncEngine,
+    tenant: TenantRecord,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The save goes in the COMMIT's round trip: when it fails there, the COMMIT never runs,
+    so neither the project nor its key's record is kept, and the key stays free."""
+    from app.db.repositories import idempotency as repository
+
+    broken = repository.save_done_sql
+
+    def failing(record: Any, *, purge: int) -> str:
+        return broken(record, purge=purge).replace("UPDATE idempotency_keys", "UPDATE no_such")
+
+    monkeypatch.setattr(repository, "save_done_sql", failing)
+    before = await count_rows(engine, tenant, "projects")
+    keyed = {**headers, "Idempotency-Key": "fails-at-commit"}
+    failed = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+    assert failed.status_code == 500
+    assert await count_rows(engine, tenant, "projects") == before
+    assert await count_rows(engine, tenant, "idempotency_keys") == 0
+    monkeypatch.setattr(repository, "save_done_sql", broken)
+    retried = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+
+
+async def test_the_saved_response_keeps_every_byte_and_header(
+    client: httpx.AsyncClient, headers: Headers
+) -> None:
+    """The save's values travel inline (hex): quotes, backslashes and any Unicode in the
+    body come back byte for byte in the replay."""
+    name = "it's a \\ \"quoted\" name: 東京 ✓ '; DROP TABLE projects; --"
+    keyed = {**headers, "Idempotency-Key": "bytes'\\key"}
+    first = await client.post("/v1/projects", json={"name": name}, headers=keyed)
+    assert first.status_code == 201, first.text
+    replay = await client.post("/v1/projects", json={"name": name}, headers=keyed)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.content and replay.json()["name"] == name
+    for header in ("location", "etag", "content-type"):
+        assert replay.headers[header] == first.headers[header]
 
 
 async def test_task_creation_is_idempotent_and_a_failed_attempt_does_not_burn_the_key(
@@ -371,12 +426,8 @@ async def test_the_purge_reads_the_expiry_index_not_the_whole_table(
         )
         # Forced generic: the plan a prepared statement settles on after five runs.
         await conn.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
-        sql = str(
-            idempotency_repo.expired_keys().compile(
-                dialect=engine.dialect, compile_kwargs={"literal_binds": False}
-            )
-        )
-        await conn.execute(text(f"PREPARE purge_plan AS {_numbered(sql)}"))
+        sql = idempotency_repo.expired_keys_sql("$1", "$2")
+        await conn.execute(text(f"PREPARE purge_plan AS {sql}"))
         plan = "\n".join(
             row[0]
             for row in await conn.execute(
@@ -388,6 +439,33 @@ async def test_the_purge_reads_the_expiry_index_not_the_whole_table(
     assert "Seq Scan" not in plan, plan
 
 
-def _numbered(sql: str) -> str:
-    """The compiled statement's named parameters as PREPARE's $1 (key) and $2 (purge)."""
-    return sql.replace("%(key)s", "$1").replace("%(purge)s", "$2")
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "it's",
+        "back\\slash",
+        "\\'",
+        "'\\",
+        "''; DROP TABLE projects; --",
+        "$$ E'\\x00' $tag$",
+        "tab\tnew\nline",
+        "東京 ✓ \u202e",
+        "\\\\\\'''",
+    ],
+)
+async def test_inline_values_read_back_exactly(engine: AsyncEngine, value: str) -> None:
+    """What rides with the COMMIT carries its values inline: each comes back as it was,
+    under either setting of standard_conforming_strings."""
+    from app.db.executor import sql_bytes, sql_text
+
+    async with engine.connect() as conn:
+        for conforming in ("on", "off"):
+            await conn.exec_driver_sql(f"SET standard_conforming_strings = {conforming}")
+            row = (
+                await conn.exec_driver_sql(f"SELECT {sql_text(value)}, {sql_bytes(value.encode())}")
+            ).one()
+            assert (row[0], bytes(row[1])) == (value, value.encode()), conforming
+        await conn.exec_driver_sql("RESET standard_conforming_strings")
+    with pytest.raises(ValueError, match="NUL"):
+        sql_text("a\x00b")
