@@ -385,18 +385,27 @@ async def test_task_creation_is_idempotent_and_a_failed_attempt_does_not_burn_th
     assert await count_rows(engine, tenant, "tasks") == 1
 
 
-async def test_each_new_key_clears_expired_records_so_the_table_stays_small(
-    client: httpx.AsyncClient, headers: Headers, engine: AsyncEngine, tenant: TenantRecord
-) -> None:
+async def seed_keys(
+    engine: AsyncEngine, tenant: TenantRecord, prefix: str, count: int, expiry: str
+) -> str:
+    """`count` finished records `<prefix>-<n>` expiring at now() `expiry`; the table's name."""
     table = f"{quote_ident(tenant.schema)}.idempotency_keys"
     async with engine.begin() as conn:
         await conn.execute(
             text(
                 f"INSERT INTO {table} (key, request_hash, state, response_status, expires_at) "
-                "SELECT 'old-' || i, 'h', 'done', 201, now() - interval '1 hour' "
-                "FROM generate_series(1, 15) AS i"
-            )
+                f"SELECT :prefix || '-' || i, 'h', 'done', 201, now() {expiry} "
+                "FROM generate_series(1, :count) AS i"
+            ),
+            {"prefix": prefix, "count": count},
         )
+    return table
+
+
+async def test_each_new_key_clears_expired_records_so_the_table_stays_small(
+    client: httpx.AsyncClient, headers: Headers, engine: AsyncEngine, tenant: TenantRecord
+) -> None:
+    table = await seed_keys(engine, tenant, "old", 15, "- interval '1 hour'")
     live = {**headers, "Idempotency-Key": "fresh-key"}
     assert (await client.post("/v1/projects", json={"name": "n"}, headers=live)).status_code == 201
     async with engine.connect() as conn:
@@ -412,15 +421,8 @@ async def test_the_purge_reads_the_expiry_index_not_the_whole_table(
     grew faster than autovacuum analyzes it, as in the benchmark): the purge of each save
     must not read them all (it did: a sequential scan, the planner guessing a third of the
     rows expired)."""
-    table = f"{quote_ident(tenant.schema)}.idempotency_keys"
+    await seed_keys(engine, tenant, "live", 5000, "+ interval '1 day'")
     async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"INSERT INTO {table} (key, request_hash, state, response_status, expires_at) "
-                "SELECT 'live-' || i, 'h', 'done', 201, now() + interval '1 day' "
-                "FROM generate_series(1, 5000) AS i"
-            )
-        )
         await conn.execute(
             text("SELECT set_config('search_path', :schema, true)"), {"schema": tenant.schema}
         )
