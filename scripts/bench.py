@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import datetime as dt
 import json
 import math
@@ -607,6 +608,33 @@ def measured_wrk(
     return Measured(result, cpu_seconds(pids) - server_0, wrk_s, busy, wall)
 
 
+SETTLE_SECONDS = 30.0  # at most, waiting for autovacuum before a measured write run
+
+
+def settle(url: str) -> None:
+    """Before each measured write run, the database as every run finds it: the rows the run
+    before wrote vacuumed and analyzed, a checkpoint written, and no autovacuum worker busy
+    (they would take a core from whichever of the pair happened to run next: one run had
+    "everything else" at 0.97 cores against 0.59 for the run before it)."""
+
+    async def work() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+            await conn.execute("CHECKPOINT")
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < deadline and await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ):
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+    # Called from inside the section's event loop, between blocking wrk runs: a loop of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work()).result()
+
+
 async def seed_tasks(url: str, schema: str, project_id: str, n: int) -> list[str]:
     """`n` tasks in one project, written straight into the tenant schema (as the owner)."""
     conn = await asyncpg.connect(url)
@@ -717,6 +745,7 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     runs: list[tuple[str, Measured]] = []
 
     def run(label: str, server: Proc, url: str, script: str) -> Measured:
+        settle(db_url)
         measured = measured_wrk(server, url, script, tmp, **kw)
         runs.append((label, measured))
         return measured
@@ -810,7 +839,9 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
         "one's current ETag (tracked by wrk's script from each answer's ETag) and a new title; "
         f"the DELETE walks {delete_n:,} seeded tasks per server, each deleted once. Server "
         "CPU: utime + stime of the server's processes (/proc/<pid>/stat, the uvicorn "
-        "supervisor and its workers with two) over the run, divided by the requests answered.",
+        "supervisor and its workers with two) over the run, divided by the requests answered. "
+        "Before each run the database is vacuumed and analyzed, checkpointed, and left until "
+        "no autovacuum worker is busy, so no run inherits the one before it's cleanup.",
         "",
         WRITES_HEAD,
         *(row for pair in pairs for row in write_rows(pair)),
