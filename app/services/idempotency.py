@@ -26,6 +26,7 @@ from app.core.errors import BadRequest, Conflict, UnprocessableEntity
 from app.db.executor import Executor
 from app.db.repositories import idempotency as repo
 from app.db.repositories.idempotency import IdempotencyRecord
+from app.services.clock import utcnow
 
 PURGE_PER_NEW_KEY = 10
 KEEP_FOR = timedelta(hours=24)
@@ -79,13 +80,14 @@ async def run_once(
     """The response for this request, and whether it is a replay of an earlier one."""
     if key is None:
         return await produce(), False
-    claim = await repo.claim(conn, key, request_hash, keep_for=KEEP_FOR)
+    now = utcnow()
+    claim = await repo.claim(conn, key, request_hash, now=now, keep_for=KEEP_FOR)
     if not claim.got_lock:
         raise IdempotencyKeyInUse(
             "A request with this Idempotency-Key is still being processed; retry shortly."
         )
     if not claim.claimed:
-        return _replay(await repo.get_live(conn, key), request_hash), True
+        return _replay(await repo.get_live(conn, key, now=now), request_hash), True
     response = await produce()
     await repo.save_done(
         conn,

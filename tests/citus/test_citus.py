@@ -259,6 +259,23 @@ async def test_every_tenant_creates_reads_updates_and_deletes_through_the_coordi
         assert [e["action"] for e in audit.json()["items"]][:2] == ["task.deleted", "task.created"]
 
 
+async def test_idempotency_keys_claim_save_and_replay_on_every_worker(
+    api: httpx.AsyncClient, fleet: Fleet
+) -> None:
+    """The claim (the key's lock and record in one statement), the save sent with the
+    COMMIT, the replay and the reuse, on tenants whose schemas live on either worker; the
+    same key in two tenants is two keys."""
+    for slug in fleet.slugs:
+        keyed = {**fleet.headers[slug], "Idempotency-Key": "citus-key"}
+        first = await api.post("/v1/projects", json={"name": "once"}, headers=keyed)
+        assert first.status_code == 201, first.text
+        replay = await api.post("/v1/projects", json={"name": "once"}, headers=keyed)
+        assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+        assert replay.content == first.content
+        reused = await api.post("/v1/projects", json={"name": "other"}, headers=keyed)
+        assert_problem(reused, 422, "idempotency_key_reused")
+
+
 async def test_another_tenants_ids_answer_404_and_its_schema_is_refused(
     cluster: CitusCluster, api: httpx.AsyncClient, fleet: Fleet
 ) -> None:

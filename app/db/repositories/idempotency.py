@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Interval,
     String,
     bindparam,
@@ -46,6 +47,13 @@ class Claim:
     claimed: bool
 
 
+# The time a request judges expiry by, and stamps its record with: the application's clock,
+# as for every other timestamp it writes, passed as a parameter. Citus refuses a function
+# that is not IMMUTABLE, now() among them, in the WHERE of an ON CONFLICT on a distributed
+# table (tests/citus), and the claim and the lookup must judge "live" alike.
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
+
 def _claim() -> Any:
     """Take the key's transaction-scoped lock without waiting and, only when it was taken,
     insert the key's record `in_progress`, or reclaim the record already there when it is
@@ -74,8 +82,8 @@ def _claim() -> Any:
         "key": bindparam("key", type_=String),
         "request_hash": bindparam("request_hash"),
         "state": literal("in_progress"),
-        "created_at": func.now(),
-        "expires_at": func.now() + bindparam("keep_for", type_=Interval),
+        "created_at": _NOW,
+        "expires_at": _NOW + bindparam("keep_for", type_=Interval),
     }
     record = insert(idempotency_keys).from_select(
         list(values), select(*values.values()).where(key_lock.c.got)
@@ -86,7 +94,7 @@ def _claim() -> Any:
         index_elements=[idempotency_keys.c.key],
         set_={name: record.excluded[name] for name in fields},
         # The exact complement of `_GET_LIVE`'s filter: what is not claimed, it finds.
-        where=or_(idempotency_keys.c.state != "done", idempotency_keys.c.expires_at <= func.now()),
+        where=or_(idempotency_keys.c.state != "done", idempotency_keys.c.expires_at <= _NOW),
     ).returning(idempotency_keys.c.key)
     claimed = claim.cte("claimed")
     return select(key_lock.c.got, exists(select(claimed.c.key)).label("claimed"))
@@ -95,11 +103,12 @@ def _claim() -> Any:
 _CLAIM = prebuilt(_claim())
 
 
-async def claim(conn: Executor, key: str, request_hash: str, *, keep_for: timedelta) -> Claim:
-    """Lock and claim `key` for this transaction, kept for `keep_for` once done (_claim)."""
-    row = (
-        await conn.execute(_CLAIM, {"key": key, "request_hash": request_hash, "keep_for": keep_for})
-    ).one()
+async def claim(
+    conn: Executor, key: str, request_hash: str, *, now: datetime, keep_for: timedelta
+) -> Claim:
+    """Lock and claim `key` for this transaction at `now`, kept for `keep_for` (_claim)."""
+    params = {"key": key, "request_hash": request_hash, "now": now, "keep_for": keep_for}
+    row = (await conn.execute(_CLAIM, params)).one()
     return Claim(got_lock=bool(row.got), claimed=bool(row.claimed))
 
 
@@ -113,14 +122,14 @@ _GET_LIVE = prebuilt(
     ).where(
         idempotency_keys.c.key == bindparam("key"),
         idempotency_keys.c.state == "done",
-        idempotency_keys.c.expires_at > func.now(),
+        idempotency_keys.c.expires_at > _NOW,
     )
 )
 
 
-async def get_live(conn: Executor, key: str) -> IdempotencyRecord | None:
-    """The finished, unexpired record of `key`; an expired one is as good as absent."""
-    row = (await conn.execute(_GET_LIVE, {"key": key})).one_or_none()
+async def get_live(conn: Executor, key: str, *, now: datetime) -> IdempotencyRecord | None:
+    """The finished record of `key` unexpired at `now`; an expired one is as good as absent."""
+    row = (await conn.execute(_GET_LIVE, {"key": key, "now": now})).one_or_none()
     if row is None:
         return None
     values: dict[str, Any] = dict(row._mapping)
