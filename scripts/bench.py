@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import datetime as dt
 import json
 import math
@@ -611,28 +610,22 @@ def measured_wrk(
 SETTLE_SECONDS = 30.0  # at most, waiting for autovacuum before a measured write run
 
 
-def settle(url: str) -> None:
+async def settle(url: str) -> None:
     """Before each measured write run, the database as every run finds it: the rows the run
     before wrote vacuumed and analyzed, a checkpoint written, and no autovacuum worker busy
     (they would take a core from whichever of the pair happened to run next: one run had
     "everything else" at 0.97 cores against 0.59 for the run before it)."""
-
-    async def work() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute("VACUUM (ANALYZE)")
-            await conn.execute("CHECKPOINT")
-            deadline = time.monotonic() + SETTLE_SECONDS
-            while time.monotonic() < deadline and await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
-            ):
-                await asyncio.sleep(0.2)
-        finally:
-            await conn.close()
-
-    # Called from inside the section's event loop, between blocking wrk runs: a loop of its own.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, work()).result()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE)")
+        await conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline and await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+        ):
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
 
 
 async def seed_tasks(url: str, schema: str, project_id: str, n: int) -> list[str]:
@@ -744,8 +737,8 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
 
     runs: list[tuple[str, Measured]] = []
 
-    def run(label: str, server: Proc, url: str, script: str) -> Measured:
-        settle(db_url)
+    async def run(label: str, server: Proc, url: str, script: str) -> Measured:
+        await settle(db_url)
         measured = measured_wrk(server, url, script, tmp, **kw)
         runs.append((label, measured))
         return measured
@@ -757,8 +750,8 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     pairs.append(
         WritePair(
             what,
-            run(f"bare: {what}", bare, bare_url, create(["/v1/projects"], "", project_body)),
-            run(
+            await run(f"bare: {what}", bare, bare_url, create(["/v1/projects"], "", project_body)),
+            await run(
                 f"Tessera: {what}",
                 tessera,
                 tessera_url,
@@ -767,7 +760,7 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
         )
     )
     # Right after the plain create, so that the two share the machine's state of the moment.
-    keyed = run(
+    keyed = await run(
         f"Tessera: {what} with Idempotency-Key",
         tessera,
         tessera_url,
@@ -777,16 +770,18 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     pairs.append(
         WritePair(
             what,
-            run(f"bare: {what}", bare, bare_url, create(task_paths, "", task_body)),
-            run(f"Tessera: {what}", tessera, tessera_url, create(task_paths, token, task_body)),
+            await run(f"bare: {what}", bare, bare_url, create(task_paths, "", task_body)),
+            await run(
+                f"Tessera: {what}", tessera, tessera_url, create(task_paths, token, task_body)
+            ),
         )
     )
     what = "PATCH /v1/tasks/{id} (If-Match)"
     pairs.append(
         WritePair(
             what,
-            run(f"bare: {what}", bare, bare_url, on_ids(_LUA_PATCH, patch_bare, "")),
-            run(
+            await run(f"bare: {what}", bare, bare_url, on_ids(_LUA_PATCH, patch_bare, "")),
+            await run(
                 f"Tessera: {what}",
                 tessera,
                 tessera_url,
@@ -798,8 +793,8 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     pairs.append(
         WritePair(
             what,
-            run(f"bare: {what}", bare, bare_url, on_ids(_LUA_DELETE, delete_bare, "")),
-            run(
+            await run(f"bare: {what}", bare, bare_url, on_ids(_LUA_DELETE, delete_bare, "")),
+            await run(
                 f"Tessera: {what}",
                 tessera,
                 tessera_url,
@@ -813,19 +808,21 @@ async def writes_section(  # noqa: PLR0915 - one story: seed, run each pair, rep
     # once, and a worker that started last is then surely serving).
     warm_kw = {**kw, "duration": "1s"}
     plain = create(["/v1/projects"], token, project_body)
-    one = run("Tessera: POST /v1/projects, one worker (again)", tessera, tessera_url, plain)
+    one = await run("Tessera: POST /v1/projects, one worker (again)", tessera, tessera_url, plain)
     two_proc, two_url = start_tessera("tessera-2-workers", workers=2)
     measured_wrk(two_proc, two_url, plain, tmp, **warm_kw)
-    two = run("Tessera: POST /v1/projects, two workers", two_proc, two_url, plain)
+    two = await run("Tessera: POST /v1/projects, two workers", two_proc, two_url, plain)
     two_proc.stop()
     bare_plain = create(["/v1/projects"], "", project_body)
-    bare_one = run("bare: POST /v1/projects, one worker (again)", bare, bare_url, bare_plain)
+    bare_one = await run("bare: POST /v1/projects, one worker (again)", bare, bare_url, bare_plain)
     bare.stop()
     bare_two_proc, bare_two_url = start_baseline(
         "baseline-2-workers", schema, project_ids[0], workers=2
     )
     measured_wrk(bare_two_proc, bare_two_url, bare_plain, tmp, **warm_kw)
-    bare_two = run("bare: POST /v1/projects, two workers", bare_two_proc, bare_two_url, bare_plain)
+    bare_two = await run(
+        "bare: POST /v1/projects, two workers", bare_two_proc, bare_two_url, bare_plain
+    )
     bare_two_proc.stop()
 
     report.add(
