@@ -5,11 +5,12 @@ created, so both commit or neither does: a failed request (a problem raised by t
 a lost connection) rolls its claim back with everything else and leaves the key free to
 retry, and no record is ever committed "in progress". A fresh key costs two statements
 besides the create: the claim (the key's transaction-scoped advisory lock, taken without
-waiting, and its record inserted `in_progress` in the same statement) and the save of the
-response into that record. A concurrent repeat fails to take the lock and answers 409 at
-once; a repeat after the commit takes the lock, finds a live record it may not claim, and
-replays it (or answers 422 for another request). An expired record is reclaimed by the
-claim as if it were absent. Decision 0028.
+waiting, and its record inserted `in_progress` in the same statement, decision 0028) and
+the save of the response into that record, sent in the COMMIT's round trip (decision
+0030). A concurrent repeat fails to take the lock and answers 409 at once; a repeat after
+the commit takes the lock, finds a live record it may not claim, and replays it (or
+answers 422 for another request). An expired record is reclaimed by the claim as if it
+were absent.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def _claim() -> Any:
     record = insert(idempotency_keys).from_select(
         list(values), select(*values.values()).where(key_lock.c.got)
     )
-    # Every field of the record, the response's included (NULL until `_SAVE_DONE`).
+    # Every field of the record, the response's included (NULL until `save_done`).
     fields = [column.name for column in idempotency_keys.c if column.name != "key"]
     claim = record.on_conflict_do_update(
         index_elements=[idempotency_keys.c.key],
