@@ -26,7 +26,8 @@ from app.api.dependencies.idempotency import IdempotencyKeyHeader
 from app.api.errors import CREATE_FORBIDDEN, responses
 from app.api.preconditions import IfMatch, etag, if_match_versions
 from app.api.responses import changed, create_once, created
-from app.services.idempotency import StoredResponse
+from app.services import idempotency
+from app.services.idempotency import KeyClaim, StoredResponse
 from app.services.versioned import Versioned
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -36,13 +37,15 @@ KEYWORD = inspect.Parameter.KEYWORD_ONLY
 class WriteCall:
     """A write request, its parameters validated: the path's ids, the body, and the headers
     the routes read (If-Match, Idempotency-Key); `path` is the request's path (what an
-    Idempotency-Key's fingerprint covers; only read when `key` is set)."""
+    Idempotency-Key's fingerprint covers; only read when `key` is set); `claim` the key's
+    claim when the early path built it before the transaction (`DeclaredWrite.claim_of`)."""
 
     ids: dict[str, uuid.UUID]
     body: BaseModel | None = None
     if_match: str | None = None
     key: str | None = None
     path: str = ""
+    claim: KeyClaim | None = None
 
 
 Answer = Callable[[TenantWrite, WriteCall], Awaitable[Response]]
@@ -57,6 +60,16 @@ class DeclaredWrite:
 
     body: type[BaseModel] | None
     answer: Answer
+    creates: bool = False  # a create: an Idempotency-Key is claimed for it
+
+    def claim_of(self, call: WriteCall) -> KeyClaim | None:
+        """The claim of `call`'s Idempotency-Key (400 when malformed) when the route is a
+        create and the request has one; else None."""
+        if not self.creates or call.key is None:
+            return None
+        assert call.body is not None
+        body = call.body.model_dump(mode="json", exclude_unset=True)
+        return idempotency.key_claim(call.key, "POST", call.path, body)
 
 
 _DECLARATION = "tessera_declared_write"  # the endpoint's attribute naming its DeclaredWrite
@@ -162,9 +175,13 @@ def create_route(
                     etag=etag(record.id, record.version),
                 )
 
-            return await create_once(call.path, write.conn, call.key, call.body, produce)
+            # Built by the early path before the transaction (its SQL went with the BEGIN),
+            # else here, on the routed path, and sent now.
+            claim = call.claim if call.claim is not None else declared.claim_of(call)
+            return await create_once(write.conn, claim, produce)
 
-        endpoint = _endpoint(DeclaredWrite(body, answer), ids)
+        declared = DeclaredWrite(body, answer, creates=True)
+        endpoint = _endpoint(declared, ids)
         add_route(
             router,
             path,

@@ -12,7 +12,7 @@ from app.api.preconditions import none_match
 from app.db.executor import Executor
 from app.services import idempotency
 from app.services.cache_entries import CachedResponse
-from app.services.idempotency import StoredResponse
+from app.services.idempotency import KeyClaim, StoredResponse
 
 JSON = "application/json"
 
@@ -36,22 +36,11 @@ def changed(model: BaseModel, *, etag: str) -> Response:
 
 
 async def create_once(
-    path: str,
-    conn: Executor,
-    key: str | None,
-    body: BaseModel,
-    produce: Callable[[], Awaitable[StoredResponse]],
+    conn: Executor, claim: KeyClaim | None, produce: Callable[[], Awaitable[StoredResponse]]
 ) -> Response:
-    """The answer to a creating POST to `path`: `produce()`'s, or with an Idempotency-Key
-    (`key`, 400 when malformed) the replay of the first response to the same request
-    (app/services/idempotency.py)."""
-    if key is None:
-        return from_stored(await produce(), replayed=False)
-    key = idempotency.validate_key(key)
-    request_hash = idempotency.fingerprint(
-        "POST", path, body.model_dump(mode="json", exclude_unset=True)
-    )
-    stored, replayed = await idempotency.run_once(conn, key, request_hash, produce)
+    """The answer to a creating POST: `produce()`'s, or with an Idempotency-Key (`claim`)
+    the replay of the first response to the same request (app/services/idempotency.py)."""
+    stored, replayed = await idempotency.run_once(conn, claim, produce)
     return from_stored(stored, replayed=replayed)
 
 

@@ -19,7 +19,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi.routing import RouteContext, iter_route_contexts
@@ -136,8 +136,11 @@ class DeclaredWritesFirst:
             admitted = await admit(state, authorization, scope["method"])
             if admitted.rate is not None:
                 add_response_headers(scope, admitted.rate.headers())
-            async with tenant_write(state, admitted) as write:
-                response = await route.declared.answer(write, call)
+            # A create's Idempotency-Key is claimed in the BEGIN's round trip (decision 0031).
+            claim = route.declared.claim_of(call)
+            first = None if claim is None else claim.sql
+            async with tenant_write(state, admitted, first=first) as write:
+                response = await route.declared.answer(write, replace(call, claim=claim))
         except TesseraError as exc:
             response = error_response(exc)
         # Anything else goes up to the request middleware, which answers it as the app's own

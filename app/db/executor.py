@@ -180,10 +180,19 @@ class Executor(Protocol):
 class TenantSession:
     """One request's transaction, pinned to its tenant before anything else runs."""
 
-    def __init__(self, raw: Any, cache: StatementCache, timeout: float) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        cache: StatementCache,
+        timeout: float,
+        *,
+        opened_with: tuple[str, str] | None = None,
+    ) -> None:
         self._raw = raw  # asyncpg.Connection
         self._cache = cache
         self._timeout = timeout
+        # The statement sent in the BEGIN's round trip, and its command status (`at_begin`).
+        self.opened_with = opened_with
         self.with_commit: list[str] = []  # sent before the COMMIT, in its round trip
 
     def commit_sql(self) -> str:
@@ -223,6 +232,29 @@ class TenantSession:
         self, statement: ClauseElement, parameters: Mapping[str, Any] | None = None
     ) -> Any:
         return (await self.execute(statement, parameters)).scalar()
+
+
+async def at_begin(conn: Executor, sql: str) -> int:
+    """The rows `sql` changed, a statement run as the transaction's first after the pin: on
+    the request path, when the transaction was opened with it
+    (`TenantConnections.transaction(first=sql)`), it went in the BEGIN's round trip and its
+    command status is already here; else it is sent now, in a round trip of its own (the
+    simple protocol, as with the BEGIN), or on a SQLAlchemy connection (CLI, tests) run at
+    once. `sql` carries its values inline, built as for `at_commit`."""
+    if isinstance(conn, TenantSession):
+        opened = conn.opened_with
+        if opened is not None and opened[0] == sql:
+            conn.opened_with = None  # answered once: a second call runs it again
+            return rows_of(opened[1])
+        return rows_of(await conn._raw.execute(sql, timeout=conn._timeout))  # noqa: SLF001
+    result = await conn.exec_driver_sql(sql)  # type: ignore[attr-defined]
+    return int(result.rowcount)
+
+
+def rows_of(status: str) -> int:
+    """The row count of a command status ("INSERT 0 1", "UPDATE 3"; 0 for one without)."""
+    count = status.rsplit(" ", 1)[-1]
+    return int(count) if count.isdigit() else 0
 
 
 async def at_commit(conn: Executor, sql: str) -> None:

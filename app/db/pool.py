@@ -134,6 +134,7 @@ class TenantConnections:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         read_only: bool = False,
         share: TenantShare | None = None,
+        first: str | None = None,
     ) -> AsyncIterator[TenantSession]:
         """The one way into a tenant's data on the request path: a pooled connection in one
         transaction, pinned to `tenant` before anything else runs. Commits when the block
@@ -154,18 +155,31 @@ class TenantConnections:
         `share` (the tenant's plan, app/db/fair_share.py): one of the tenant's slots taken
         before any pooled connection (429 tenant_busy after a bounded wait), and its
         statement timeout set in the pin (a statement it cancels: `StatementTimeout`, 503).
+
+        `first`: a statement (inline values) sent after the pin in the BEGIN's round trip;
+        its command status waits on the session for `at_begin` (app/db/executor.py). An
+        error in it fails the BEGIN: the connection is discarded and nothing ran.
         """
         slots, held = self.slots, share
         if slots is not None and held is not None:
             await slots.take(held)  # before the pool: a tenant past its share waits here
         try:
-            pooled = await self._begin(tenant, timeout=timeout, read_only=read_only, share=share)
+            pooled, opened = await self._begin(
+                tenant, timeout=timeout, read_only=read_only, share=share, first=first
+            )
             raw = _driver(pooled)
             retire = self._worn_out(pooled, tenant.schema)
             parked = ended = False
             try:
                 try:
-                    yield (session := TenantSession(raw, self.statements, timeout))
+                    yield (
+                        session := TenantSession(
+                            raw,
+                            self.statements,
+                            timeout,
+                            opened_with=None if first is None else (first, opened),
+                        )
+                    )
                 except BaseException as exc:
                     # Short: if the server does not answer, the connection is dropped
                     # instead. Whatever happens to the ROLLBACK, nothing of this transaction
@@ -211,10 +225,12 @@ class TenantConnections:
         timeout: float,
         read_only: bool,
         share: TenantShare | None = None,
-    ) -> PoolProxiedConnection:
-        """A connection with this transaction's BEGIN and pin done, in one round trip. When
-        the connection turns out to be one the server had dropped, nothing of the request
-        has run yet: it is discarded with its generation and the BEGIN goes once more to a
+        first: str | None = None,
+    ) -> tuple[PoolProxiedConnection, str]:
+        """A connection with this transaction's BEGIN and pin done, and `first` after them,
+        in one round trip, with the command status of the last statement sent. When the
+        connection turns out to be one the server had dropped, nothing of the request has
+        run yet: it is discarded with its generation and the BEGIN goes once more to a
         fresh one."""
         for attempt in range(2):
             parked = self._take_parked()
@@ -223,12 +239,14 @@ class TenantConnections:
             raw = _driver(pooled)
             timeout_ms = None if share is None else share.statement_timeout_ms
             begin = begin_pinned_sql(tenant, read_only=read_only, statement_timeout_ms=timeout_ms)
+            if first is not None:
+                begin = f"{begin}; {first}"
             try:
                 if owes_commit:
                     begin = "COMMIT; " + begin  # the parked read-only transaction ends here
                 elif raw.is_in_transaction():  # never inherit someone else's transaction
                     await raw.execute("ROLLBACK", timeout=timeout)
-                await raw.execute(begin, timeout=timeout)
+                status: str = await raw.execute(begin, timeout=timeout)
             except BaseException as exc:
                 if not raw.is_closed():
                     await greenlet_spawn(pooled.invalidate)
@@ -236,6 +254,8 @@ class TenantConnections:
                         # The tenant's role is gone: deleted while this replica's registry
                         # entry (at most about a second behind) still had it.
                         raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
+                    if isinstance(exc, QueryCanceledError):  # `first`, past the plan's timeout
+                        raise StatementTimeout(_CANCELLED) from exc
                     raise
                 await self._discard_dead(pooled)
                 if attempt == 0 and isinstance(exc, Exception):
@@ -243,7 +263,7 @@ class TenantConnections:
                 if _refused(exc):
                     raise _lost(exc) from exc
                 raise
-            return pooled
+            return pooled, status
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

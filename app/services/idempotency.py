@@ -4,13 +4,14 @@ The key's record is written in the request's own transaction, together with what
 created, so both commit or neither does: a failed request (a problem raised by the create,
 a lost connection) rolls its claim back with everything else and leaves the key free to
 retry, and no record is ever committed "in progress". A fresh key costs two statements
-besides the create: the claim (the key's transaction-scoped advisory lock, taken without
-waiting, and its record inserted `in_progress` in the same statement, decision 0028) and
-the save of the response into that record, sent in the COMMIT's round trip (decision
-0030). A concurrent repeat fails to take the lock and answers 409 at once; a repeat after
-the commit takes the lock, finds a live record it may not claim, and replays it (or
-answers 422 for another request). An expired record is reclaimed by the claim as if it
-were absent.
+besides the create and no round trip: the claim (the key's transaction-scoped advisory
+lock, taken without waiting, and its record inserted `in_progress` in the same statement,
+decision 0028), sent in the BEGIN's round trip on the early path (decision 0031), and the
+save of the response into that record, sent in the COMMIT's round trip (decision 0030). A
+concurrent repeat fails to take the lock, finds no live record, and answers 409 at once; a
+repeat after the commit finds a live record it may not claim and replays it (or answers
+422 for another request). An expired record is reclaimed by the claim as if it were
+absent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.core.errors import BadRequest, Conflict, UnprocessableEntity
@@ -72,29 +73,46 @@ def fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256(f"{method}\n{path}\n{canonical}".encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """A request's Idempotency-Key, ready to claim: the key, the request's fingerprint, the
+    request's time (what expiry is judged by), and the claim's SQL, which the early path
+    sends in the BEGIN's round trip (`TenantConnections.transaction(first=...)`)."""
+
+    key: str
+    request_hash: str
+    now: datetime
+    sql: str
+
+
+def key_claim(key: str, method: str, path: str, body: Mapping[str, Any]) -> KeyClaim:
+    """The claim of `key` (400 when malformed) for this request, at the present time."""
+    request_hash = fingerprint(method, path, body)
+    now = utcnow()
+    sql = repo.claim_sql(validate_key(key), request_hash, now=now, keep_for=KEEP_FOR)
+    return KeyClaim(key, request_hash, now, sql)
+
+
 async def run_once(
     conn: Executor,
-    key: str | None,
-    request_hash: str,
+    claim: KeyClaim | None,
     produce: Callable[[], Awaitable[StoredResponse]],
 ) -> tuple[StoredResponse, bool]:
     """The response for this request, and whether it is a replay of an earlier one."""
-    if key is None:
+    if claim is None:
         return await produce(), False
-    now = utcnow()
-    claim = await repo.claim(conn, key, request_hash, now=now, keep_for=KEEP_FOR)
-    if not claim.got_lock:
-        raise IdempotencyKeyInUse(
-            "A request with this Idempotency-Key is still being processed; retry shortly."
-        )
-    if not claim.claimed:
-        return _replay(await repo.get_live(conn, key, now=now), request_hash), True
+    if not await repo.claim(conn, claim.sql):
+        # The key's record is live (replayed), or another transaction holds the key and
+        # no live record exists yet: 409. The lookup tells which; a live record is final
+        # until it expires, so it is the first response whoever holds the lock.
+        stored = await repo.get_live(conn, claim.key, now=claim.now)
+        return _replay(stored, claim.request_hash), True
     response = await produce()
     await repo.save_done(
         conn,
         IdempotencyRecord(
-            key=key,
-            request_hash=request_hash,
+            key=claim.key,
+            request_hash=claim.request_hash,
             response_status=response.status,
             response_headers={
                 name: value
@@ -112,9 +130,8 @@ async def run_once(
 def _replay(stored: IdempotencyRecord | None, request_hash: str) -> StoredResponse:
     """The first response to this request, from the live record the claim left alone."""
     if stored is None:
-        # Not expected: the claim locked a live, finished record, so the lookup finds it.
-        # Should it ever not, nothing was created and a retry is safe: answer as for a key
-        # still in use rather than create twice.
+        # Another transaction holds the key (a request still running with it); nothing was
+        # created here and a retry is safe.
         raise IdempotencyKeyInUse(
             "A request with this Idempotency-Key is still being processed; retry shortly."
         )

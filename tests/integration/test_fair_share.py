@@ -225,6 +225,34 @@ async def test_a_statement_past_the_tenant_statement_timeout_answers_503_and_the
         assert application.state.connections.slots.in_use(a.slug) == 0
 
 
+async def test_a_key_claim_past_the_statement_timeout_answers_503_and_leaves_the_key_free(
+    settings: Settings, database_url: str, engine: AsyncEngine, auth: Callable[..., Headers]
+) -> None:
+    """The claim of an Idempotency-Key rides in the BEGIN's round trip (decision 0031): when
+    it waits past the tenant's statement timeout (here on the key's row, inserted and not
+    committed by a side connection), the request answers 503 as any statement would, and
+    the key is free once the side connection is gone."""
+    async with app_with(settings, tenant_statement_timeout_ms=200) as (application, client):
+        a = await make_tenant(engine, settings)
+        keyed = {**auth(a), "Idempotency-Key": "held"}
+        held = (
+            f'INSERT INTO "{a.schema}".idempotency_keys (key, request_hash, state, expires_at) '
+            "VALUES ('held', 'h', 'in_progress', now() + interval '1 hour')"
+        )
+        async with locked(database_url, held):
+            started = time.monotonic()
+            cancelled = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+            assert time.monotonic() - started < 2.0
+        assert_problem(cancelled, 503, "statement_timeout")
+        assert cancelled.headers["Retry-After"] == "1"
+        created = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+        assert created.status_code == 201, created.text
+        assert "idempotent-replayed" not in created.headers
+        pool = application.state.engine.sync_engine.pool
+        await eventually(lambda: _checked_out(pool), 0, within=2)
+        assert application.state.connections.slots.in_use(a.slug) == 0
+
+
 async def _checked_out(pool: Any) -> int:
     return int(pool.checkedout())
 

@@ -199,7 +199,6 @@ async def test_a_repeat_while_the_first_runs_answers_409_at_once_and_sees_no_rec
     repeat must not wait for it (it would wait until the test ends), and its claim, not
     committed, is seen by no one."""
     body = {"name": "slow"}
-    request_hash = idempotency.fingerprint("POST", "/v1/projects", body)
     location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
     creating, release = asyncio.Event(), asyncio.Event()
 
@@ -210,7 +209,8 @@ async def test_a_repeat_while_the_first_runs_answers_409_at_once_and_sees_no_rec
 
     async def first() -> None:
         async with connections.transaction(location) as conn:
-            await idempotency.run_once(conn, "slow-1", request_hash, produce)
+            claim = idempotency.key_claim("slow-1", "POST", "/v1/projects", body)
+            await idempotency.run_once(conn, claim, produce)
 
     running = asyncio.create_task(first())
     try:
@@ -281,47 +281,58 @@ async def test_a_create_refused_by_a_quota_leaves_the_key_free(
     assert again.json() == answers[-1].json()
 
 
-async def test_a_fresh_key_adds_one_statement_and_the_save_rides_with_the_commit(
+async def test_a_fresh_key_adds_no_round_trip_claim_with_the_begin_save_with_the_commit(
     client: httpx.AsyncClient, headers: Headers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Besides BEGIN + pin and COMMIT (not sent through the session): a fresh key is the
-    claim before the create, and the save sent in the COMMIT's round trip; a replay is the
-    claim and the lookup (decisions 0028, 0030). Counted as the difference with the same
-    create without a key, so the count does not depend on how many statements the create
-    itself sends."""
+    """Besides BEGIN + pin and COMMIT (not sent through the session): a fresh key sends the
+    claim in the BEGIN's round trip and the save in the COMMIT's, and nothing of its own; a
+    replay adds the lookup (decisions 0028, 0030, 0031). Counted as the difference with the
+    same create without a key, so the count does not depend on how many statements the
+    create itself sends."""
     sent: list[str] = []
+    begins: list[str | None] = []
     commits: list[str] = []
     execute, commit_sql = TenantSession.execute, TenantSession.commit_sql
+    begin = TenantConnections._begin  # noqa: SLF001
 
     async def counted(self: TenantSession, statement: Any, parameters: Any = None) -> Any:
         sent.append(str(statement))
         return await execute(self, statement, parameters)
+
+    async def begun(self: TenantConnections, *args: Any, **kwargs: Any) -> Any:
+        begins.append(kwargs.get("first"))
+        return await begin(self, *args, **kwargs)
 
     def committed(self: TenantSession) -> str:
         commits.append(commit_sql(self))
         return commits[-1]
 
     monkeypatch.setattr(TenantSession, "execute", counted)
+    monkeypatch.setattr(TenantConnections, "_begin", begun)
     monkeypatch.setattr(TenantSession, "commit_sql", committed)
 
-    async def statements(extra: Headers) -> tuple[list[str], str]:
+    async def statements(extra: Headers) -> tuple[list[str], str | None, str]:
         sent.clear()
+        begins.clear()
         commits.clear()
         response = await client.post("/v1/projects", json={"name": "n"}, headers=extra)
         assert response.status_code == 201, response.text
+        (first,) = begins
         (commit,) = commits
-        return list(sent), commit
+        return list(sent), first, commit
 
-    plain, plain_commit = await statements(headers)
+    plain, plain_first, plain_commit = await statements(headers)
     keyed = {**headers, "Idempotency-Key": "counted"}
-    fresh, fresh_commit = await statements(keyed)
-    replay, replay_commit = await statements(keyed)
-    assert plain_commit == replay_commit == "COMMIT"
-    assert len(fresh) == len(plain) + 1
-    assert "pg_try_advisory_xact_lock" in fresh[0] and "INSERT INTO idempotency_keys" in fresh[0]
+    fresh, fresh_first, fresh_commit = await statements(keyed)
+    replay, replay_first, replay_commit = await statements(keyed)
+    assert plain_first is None and plain_commit == replay_commit == "COMMIT"
+    assert fresh == plain
+    assert fresh_first is not None and replay_first is not None
+    for claim in (fresh_first, replay_first):
+        assert "pg_try_advisory_xact_lock" in claim and "INSERT INTO idempotency_keys" in claim
     assert fresh_commit.startswith("WITH purged") and fresh_commit.endswith("; COMMIT")
     assert "UPDATE idempotency_keys" in fresh_commit
-    assert len(replay) == 2 and replay[0] == fresh[0]
+    assert len(replay) == 1 and "FROM idempotency_keys" in replay[0]
 
 
 async def test_a_save_that_fails_in_the_commit_round_trip_leaves_nothing(

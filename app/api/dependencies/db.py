@@ -65,7 +65,9 @@ class TenantWrite:
 
 
 @asynccontextmanager
-async def tenant_write(state: State, admitted: Admitted) -> AsyncIterator[TenantWrite]:
+async def tenant_write(
+    state: State, admitted: Admitted, *, first: str | None = None
+) -> AsyncIterator[TenantWrite]:
     """One transaction per write request, pinned to the tenant before anything else runs.
 
     Commits when the block ends, rolls back when it raises; both happen before the response
@@ -76,12 +78,16 @@ async def tenant_write(state: State, admitted: Admitted) -> AsyncIterator[Tenant
     under the new version. A rolled-back request invalidates nothing.
 
     Used by the route dependency below and by the early path of declared writes
-    (app/api/writes_first.py), so the two cannot differ.
+    (app/api/writes_first.py), so the two cannot differ; `first` (the early path's claim
+    of an Idempotency-Key) rides in the BEGIN's round trip (`TenantConnections.transaction`).
     """
     tenant = admitted.tenant
     invalidation = CacheInvalidation()
     async with state.connections.transaction(
-        tenant.location, timeout=state.settings.db_request_timeout_seconds, share=tenant.share
+        tenant.location,
+        timeout=state.settings.db_request_timeout_seconds,
+        share=tenant.share,
+        first=first,
     ) as conn:
         yield TenantWrite(conn, admitted.principal, invalidation, quotas=tenant.quotas)
     await invalidation.apply(state.cache, tenant.keys)

@@ -1,5 +1,6 @@
 """Queries on a tenant's `idempotency_keys` table: the claim of a key (its transaction lock
-and its record in one statement), the lookup of a finished record, and its completion."""
+and its record in one statement, sent with the BEGIN), the lookup of a finished record, and
+its completion (sent with the COMMIT)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    DateTime,
-    Interval,
-    String,
-    bindparam,
-    exists,
-    func,
-    literal,
-    literal_column,
-    or_,
-    select,
-)
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import DateTime, bindparam, select
 
-from app.db.executor import Executor, at_commit, prebuilt, sql_bytes, sql_text
+from app.db.executor import Executor, at_begin, at_commit, prebuilt, sql_bytes, sql_text
 from app.db.models.tenant import idempotency_keys
 
 
@@ -36,28 +24,27 @@ class IdempotencyRecord:
     response_body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What the claim found: `got_lock` False when another transaction (a request still
-    running with this key) holds the key's lock; `claimed` True when this transaction now
-    has the key's record, new or reclaimed from one no longer live, and must run the
-    request; `got_lock` without `claimed`: a live record exists, to replay."""
-
-    got_lock: bool
-    claimed: bool
+def sql_time(value: datetime) -> str:
+    """`value` (aware) as a SQL timestamptz literal, for statements with inline values."""
+    return f"{sql_text(value.isoformat())}::timestamptz"
 
 
-# The time a request judges expiry by, and stamps its record with: the application's clock,
-# as for every other timestamp it writes, passed as a parameter. Citus refuses a function
-# that is not IMMUTABLE, now() among them, in the WHERE of an ON CONFLICT on a distributed
-# table (tests/citus), and the claim and the lookup must judge "live" alike.
-_NOW = bindparam("now", type_=DateTime(timezone=True))
+# Every field of the record but the key, the response's included (NULL until `save_done`).
+_RECLAIMED = ", ".join(
+    f"{column.name} = EXCLUDED.{column.name}"
+    for column in idempotency_keys.c
+    if column.name != "key"
+)
 
 
-def _claim() -> Any:
-    """Take the key's transaction-scoped lock without waiting and, only when it was taken,
-    insert the key's record `in_progress`, or reclaim the record already there when it is
-    not live (expired, or not `done`); a live record is left alone. One statement.
+def claim_sql(key: str, request_hash: str, *, now: datetime, keep_for: timedelta) -> str:
+    """The claim of `key` at `now` (the request's time), kept for `keep_for`: take the
+    key's transaction-scoped lock without waiting and, only when it was taken, insert the
+    key's record `in_progress`, or reclaim the record already there when it is not live
+    (expired, or not `done`); a live record is left alone. One statement, its values inline
+    (`sql_text`), so that it can ride in the BEGIN's round trip (`at_begin`, decision 0031);
+    its command status counts one row when this transaction now holds the key's record and
+    must run the request, none when another transaction holds the key or its record is live.
 
     The lock id hashes the pinned schema with the key, so keys are per tenant without the
     schema name ever appearing in Python; the lock ends with the transaction. Holding it,
@@ -68,50 +55,39 @@ def _claim() -> Any:
     was taken (READ COMMITTED: a request that finished between our snapshot and our lock
     is still seen), and it locks that row even when its `WHERE` leaves it alone: until
     COMMIT no purge deletes it and nothing else changes it, so the lookup that follows (a
-    new statement, a newer snapshot) finds the very record judged live here."""
-    key_lock = select(
-        func.pg_try_advisory_xact_lock(
-            func.hashtextextended(
-                literal_column("current_schema() || ':idempotency:'", String)
-                + bindparam("key", type_=String),
-                0,
-            )
-        ).label("got")
-    ).cte("key_lock")
-    values: dict[str, ColumnElement[Any]] = {
-        "key": bindparam("key", type_=String),
-        "request_hash": bindparam("request_hash"),
-        "state": literal("in_progress"),
-        "created_at": _NOW,
-        "expires_at": _NOW + bindparam("keep_for", type_=Interval),
-    }
-    record = insert(idempotency_keys).from_select(
-        list(values), select(*values.values()).where(key_lock.c.got)
-    )
-    # Every field of the record, the response's included (NULL until `save_done`).
-    fields = [column.name for column in idempotency_keys.c if column.name != "key"]
-    claim = record.on_conflict_do_update(
-        index_elements=[idempotency_keys.c.key],
-        set_={name: record.excluded[name] for name in fields},
+    new statement, a newer snapshot) finds the very record judged live here.
+
+    The time is the application's clock, as for every other timestamp it writes: Citus
+    refuses a function that is not IMMUTABLE, now() among them, in the WHERE of an ON
+    CONFLICT on a distributed table (tests/citus), and the claim and the lookup must judge
+    "live" alike."""
+    at = sql_time(now)
+    name = sql_text(key)
+    return (
+        "WITH key_lock AS (SELECT pg_try_advisory_xact_lock(hashtextextended("
+        f"current_schema() || ':idempotency:' || {name}, 0)) AS got) "
+        "INSERT INTO idempotency_keys AS held (key, request_hash, state, created_at, expires_at) "
+        f"SELECT {name}, {sql_text(request_hash)}, 'in_progress', {at}, "
+        f"{sql_time(now + keep_for)} FROM key_lock WHERE got "
+        f"ON CONFLICT (key) DO UPDATE SET {_RECLAIMED} "
         # The exact complement of `_GET_LIVE`'s filter: what is not claimed, it finds.
-        where=or_(idempotency_keys.c.state != "done", idempotency_keys.c.expires_at <= _NOW),
-    ).returning(idempotency_keys.c.key)
-    claimed = claim.cte("claimed")
-    return select(key_lock.c.got, exists(select(claimed.c.key)).label("claimed"))
+        f"WHERE held.state <> 'done' OR held.expires_at <= {at} "
+        # Not read (the simple protocol drops rows), but Citus counts the claimed rows in
+        # the command status only with it: it pulls the SELECT to the coordinator, and
+        # without RETURNING it reports the rows it sent, claimed or not (tests/citus).
+        "RETURNING key"
+    )
 
 
-_CLAIM = prebuilt(_claim())
+async def claim(conn: Executor, sql: str) -> bool:
+    """Run the claim `sql` (claim_sql) as the transaction's first statement; whether this
+    transaction now holds the key's record. False: another transaction holds the key, or
+    its record is live (the lookup tells which)."""
+    return await at_begin(conn, sql) == 1
 
 
-async def claim(
-    conn: Executor, key: str, request_hash: str, *, now: datetime, keep_for: timedelta
-) -> Claim:
-    """Lock and claim `key` for this transaction at `now`, kept for `keep_for` (_claim)."""
-    params = {"key": key, "request_hash": request_hash, "now": now, "keep_for": keep_for}
-    row = (await conn.execute(_CLAIM, params)).one()
-    return Claim(got_lock=bool(row.got), claimed=bool(row.claimed))
-
-
+# The time a request judges expiry by: the request's, as the claim's (claim_sql).
+_NOW = bindparam("now", type_=DateTime(timezone=True))
 _GET_LIVE = prebuilt(
     select(
         idempotency_keys.c.key,
