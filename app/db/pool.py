@@ -15,18 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from asyncpg.exceptions import (
-    InterfaceError,
-    InternalClientError,
-    InvalidParameterValueError,
-    QueryCanceledError,
-)
+from asyncpg.exceptions import InvalidParameterValueError, QueryCanceledError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
-from app.core.errors import StatementTimeout, TenantNotFoundForToken
+from app.core.errors import TenantNotFoundForToken
+from app.db.connection_errors import cancelled, idle_and_clean, lost, refused
 from app.db.executor import StatementCache, TenantSession
 from app.db.fair_share import OnBusy, TenantShare, TenantSlots
 from app.db.tenancy import TenantSchema, begin_pinned_sql
@@ -48,34 +44,11 @@ DEFAULT_MAX_SCHEMAS_PER_CONNECTION: int = Settings.model_fields[
 ].default
 _SCHEMAS_SEEN = "tessera_schemas_seen"  # in the pool's per-connection info (cleared on reconnect)
 
-_CANCELLED = "A database statement ran past the tenant's statement timeout; nothing changed."
-
 
 def _driver(pooled: PoolProxiedConnection) -> Any:
     raw = pooled.driver_connection  # asyncpg.Connection
     assert raw is not None
     return raw
-
-
-class ConnectionLost(ConnectionError):
-    """The server dropped a connection under a statement, or asyncpg refused a statement on
-    a connection it no longer holds idle (see TenantConnections._discard_dead): 503, never
-    500."""
-
-
-def _idle_and_clean(raw: Any) -> bool:
-    """After a COMMIT or ROLLBACK that succeeded: still open, and no transaction left on it
-    (what asyncpg last heard from the server)."""
-    return not raw.is_closed() and not raw.is_in_transaction()
-
-
-def _refused(exc: BaseException) -> bool:
-    """asyncpg's own refusal of a statement (client side), as opposed to a server error."""
-    return isinstance(exc, InterfaceError | InternalClientError)
-
-
-def _lost(exc: BaseException) -> ConnectionLost:
-    return ConnectionLost(f"connection lost: {type(exc).__name__}: {exc}")
 
 
 @dataclass(slots=True)
@@ -190,24 +163,24 @@ class TenantConnections:
                             "ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS)
                         )
                         ended = True
-                    if raw.is_closed() and _refused(exc):
-                        raise _lost(exc) from exc
+                    if raw.is_closed() and refused(exc):
+                        raise lost(exc) from exc
                     if isinstance(exc, QueryCanceledError):
-                        raise StatementTimeout(_CANCELLED) from exc
+                        raise cancelled() from exc
                     raise
                 parked = read_only and not retire and self._park(pooled, owes_commit=True)
                 if not parked:
                     try:
                         await raw.execute(session.commit_sql(), timeout=timeout)
                     except Exception as exc:
-                        if raw.is_closed() and _refused(exc):
-                            raise _lost(exc) from exc
+                        if raw.is_closed() and refused(exc):
+                            raise lost(exc) from exc
                         raise
                     ended = True
             finally:
                 if parked:
                     pass  # committed later: with the next BEGIN, or after park_seconds
-                elif ended and _idle_and_clean(raw) and not retire:
+                elif ended and idle_and_clean(raw) and not retire:
                     if not self._park(pooled, owes_commit=False):
                         await self._checkin(pooled)
                 elif raw.is_closed():
@@ -255,13 +228,13 @@ class TenantConnections:
                         # entry (at most about a second behind) still had it.
                         raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
                     if isinstance(exc, QueryCanceledError):  # `first`, past the plan's timeout
-                        raise StatementTimeout(_CANCELLED) from exc
+                        raise cancelled() from exc
                     raise
                 await self._discard_dead(pooled)
                 if attempt == 0 and isinstance(exc, Exception):
                     continue
-                if _refused(exc):
-                    raise _lost(exc) from exc
+                if refused(exc):
+                    raise lost(exc) from exc
                 raise
             return pooled, status
         raise AssertionError("unreachable")

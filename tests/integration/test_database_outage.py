@@ -14,8 +14,9 @@ from sqlalchemy import text
 
 from app.api.problems import is_database_unavailable
 from app.core.config import Settings
+from app.db.connection_errors import ConnectionLost
 from app.db.engine import build_engine
-from app.db.pool import ConnectionLost, TenantConnections
+from app.db.pool import TenantConnections
 from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
 from tests.conftest import SERVER_URL, with_database
