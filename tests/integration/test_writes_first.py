@@ -174,7 +174,8 @@ async def test_an_idempotency_key_replays_on_both_paths(
     engine: AsyncEngine,
     media_type: str,
 ) -> None:
-    keyed = _with(headers, media_type, **{"Idempotency-Key": f"k-{uuid.uuid4()}"})
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    keyed = _with(headers, media_type, **key)
     first = await client.post("/v1/projects", content=b'{"name": "once"}', headers=keyed)
     again = await client.post("/v1/projects", content=b'{"name": "once"}', headers=keyed)
     assert (first.status_code, again.status_code) == (201, 201)
@@ -182,6 +183,12 @@ async def test_an_idempotency_key_replays_on_both_paths(
     assert again.content == first.content
     other = await client.post("/v1/projects", content=b'{"name": "twice"}', headers=keyed)
     assert other.status_code == 422
+    # The key claimed on one path is the same key on the other (the claim is sent with the
+    # BEGIN on the early path, on its own on the routed one: decision 0031).
+    across = _with(headers, ROUTED if media_type == EARLY else EARLY, **key)
+    crossed = await client.post("/v1/projects", content=b'{"name": "once"}', headers=across)
+    assert crossed.headers["idempotent-replayed"] == "true"
+    assert crossed.content == first.content
     assert await count_rows(engine, tenant, "projects") == 1
 
 
