@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.db import migrate
+from app.db.archive import TableShape, tenant_snapshot
 from app.db.repositories.tenants import TenantRecord
+from app.db.tenancy import TenantSchema
 from app.schemas.archive import ARCHIVE_MEDIA_TYPE
 from app.services import tenant_lifecycle
 from app.services import tenants as tenant_service
@@ -244,6 +246,33 @@ async def test_export_while_writes_run_reads_one_consistent_snapshot(
         rows = {t["name"]: t["rows"] for t in manifest["tables"]}
         assert tasks == rows["tasks"]
         assert created == tasks + 3
+
+
+async def test_snapshot_lists_the_pinned_schemas_tables_and_nothing_else(
+    engine: AsyncEngine, tenant: TenantRecord, other_tenant: TenantRecord
+) -> None:
+    """The tables come from the pinned schema alone (not another tenant's, not its views,
+    sequences or indexes, not alembic_version), parents first, with the columns COPY takes
+    (no dropped or generated column)."""
+    own, other = f'"{tenant.schema}"', f'"{other_tenant.schema}"'
+    async with engine.begin() as conn:
+        for statement in (
+            f"CREATE TABLE {own}.notes (id int PRIMARY KEY, gone int, body text, "
+            f"size int GENERATED ALWAYS AS (length(body)) STORED, "
+            f"task_id uuid REFERENCES {own}.tasks (id))",
+            f"ALTER TABLE {own}.notes DROP COLUMN gone",
+            f"CREATE VIEW {own}.open_tasks AS SELECT id FROM {own}.tasks",
+            f"CREATE SEQUENCE {own}.counter",
+            f"CREATE TABLE {other}.elsewhere (id int)",
+        ):
+            await conn.execute(text(statement))
+    location = TenantSchema(schema=tenant.schema, role=tenant.db_role)
+    async with tenant_snapshot(engine, location) as snapshot:
+        shapes = await snapshot.tables()
+    names = [shape.name for shape in shapes]
+    assert sorted(names) == sorted([*TABLES, "notes"])
+    assert names.index("projects") < names.index("tasks") < names.index("notes")
+    assert TableShape("notes", ("id", "body", "task_id")) in shapes
 
 
 @pytest.mark.parametrize(
