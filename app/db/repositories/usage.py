@@ -64,7 +64,12 @@ _REFRESH = text(
 
 async def refresh(conn: AsyncConnection, slugs: list[str] | None = None) -> int:
     """Measure every tenant (or those of `slugs`) into platform.tenant_usage; returns how
-    many were measured."""
+    many were measured.
+
+    Without JIT (for this transaction only): with the catalog statistics of a young
+    database, the planner takes the statement for one worth compiling, and compiling it
+    took longer than running it (11.4 s against 6.6 s at 10,000 tenants, EXPLAIN ANALYZE)."""
+    await conn.execute(text("SET LOCAL jit = off"))
     row = (await conn.execute(_REFRESH, {"slugs": slugs})).one()
     return int(row.refreshed)
 
