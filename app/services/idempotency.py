@@ -17,6 +17,7 @@ absent.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +31,13 @@ from app.db.repositories import idempotency as repo
 from app.db.repositories.idempotency import IdempotencyRecord
 from app.services.clock import utcnow
 
-PURGE_PER_NEW_KEY = 10
+# One new key's save in PURGE_EVERY (counted by this process) also deletes up to
+# PURGE_BATCH expired records: cleanup keeps pace with use (ten per new key), no job needed,
+# and the other saves are a plain UPDATE, which PostgreSQL plans and runs in half the time
+# (decision 0031).
+PURGE_EVERY = 10
+PURGE_BATCH = 100
+_saves = itertools.count()
 KEEP_FOR = timedelta(hours=24)
 # 1-255 visible ASCII characters (CONTRACT section 5); the OpenAPI document gives this pattern.
 KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
@@ -121,8 +128,7 @@ async def run_once(
             },
             response_body=response.body,
         ),
-        # Each new key clears a few expired ones: cleanup keeps pace with use, no job needed.
-        purge=PURGE_PER_NEW_KEY,
+        purge=PURGE_BATCH if next(_saves) % PURGE_EVERY == 0 else 0,
     )
     return response, False
 

@@ -131,16 +131,21 @@ def expired_keys_sql(key: str, purge: str) -> str:
 
 def save_done_sql(record: IdempotencyRecord, *, purge: int) -> str:
     """Record the response in the record this transaction claimed (it keeps the expiry the
-    claim set), and delete up to `purge` expired records, so the table stays as small as the
-    keys of the last 24 hours without a separate job (one statement; never the key being
-    saved: one statement must not change a row twice). Its values are inline, rendered by
-    `sql_text` and `sql_bytes`, so that it can ride with the COMMIT (`at_commit`)."""
+    claim set), and, when `purge` is above 0, delete up to `purge` expired records, so the
+    table stays as small as the keys of the last 24 hours without a separate job (one
+    statement; never the key being saved: one statement must not change a row twice). Its
+    values are inline, rendered by `sql_text` and `sql_bytes`, so that it can ride with the
+    COMMIT (`at_commit`)."""
     key = sql_text(record.key)
     headers = sql_text(json.dumps(record.response_headers))
-    return (
+    purged = (
         "WITH purged AS (DELETE FROM idempotency_keys WHERE key IN ("
         f"{expired_keys_sql(key, str(int(purge)))})) "
-        "UPDATE idempotency_keys SET state = 'done', "
+        if purge > 0
+        else ""
+    )
+    return (
+        f"{purged}UPDATE idempotency_keys SET state = 'done', "
         f"response_status = {int(record.response_status)}, "
         f"response_headers = {headers}::jsonb, "
         f"response_body = {sql_bytes(record.response_body)} "
