@@ -175,6 +175,8 @@ class TenantConnections:
                     except Exception as exc:
                         if raw.is_closed() and refused(exc):
                             raise lost(exc) from exc
+                        if isinstance(exc, QueryCanceledError):  # what rode with the COMMIT
+                            raise cancelled() from exc
                         raise
                     ended = True
             finally:

@@ -253,6 +253,47 @@ async def test_a_key_claim_past_the_statement_timeout_answers_503_and_leaves_the
         assert application.state.connections.slots.in_use(a.slug) == 0
 
 
+async def test_a_save_with_the_commit_past_the_statement_timeout_answers_503_keeps_nothing(
+    settings: Settings, engine: AsyncEngine, auth: Callable[..., Headers]
+) -> None:
+    """The idempotency save rides in the COMMIT's round trip (decision 0030) and is held to
+    the tenant's statement timeout like any statement (here a trigger makes it slow): 503
+    `statement_timeout`, not a failed COMMIT's 500, and nothing of the request is kept, its
+    Idempotency-Key free. (PostgreSQL does not time the COMMIT itself.)"""
+    async with app_with(settings, tenant_statement_timeout_ms=200) as (application, client):
+        a = await make_tenant(engine, settings)
+        headers = auth(a)
+        schema = f'"{a.schema}"'
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"CREATE FUNCTION {schema}.slow_save() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER slow_save BEFORE UPDATE ON {schema}.idempotency_keys "
+                    f"FOR EACH ROW EXECUTE FUNCTION {schema}.slow_save()"
+                )
+            )
+        keyed = {**headers, "Idempotency-Key": "at-commit"}
+        started = time.monotonic()
+        cancelled = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+        assert time.monotonic() - started < 2.0
+        assert_problem(cancelled, 503, "statement_timeout")
+        assert cancelled.headers["Retry-After"] == "1"
+        async with engine.begin() as conn:
+            for table in ("projects", "audit_events", "idempotency_keys"):
+                rows = await conn.scalar(text(f"SELECT count(*) FROM {schema}.{table}"))
+                assert rows == 0, table
+            await conn.execute(text(f"DROP TRIGGER slow_save ON {schema}.idempotency_keys"))
+        created = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)
+        assert created.status_code == 201 and "idempotent-replayed" not in created.headers
+        pool = application.state.engine.sync_engine.pool
+        await eventually(lambda: _checked_out(pool), 0, within=2)
+
+
 async def _checked_out(pool: Any) -> int:
     return int(pool.checkedout())
 
