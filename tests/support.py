@@ -38,6 +38,19 @@ async def count_rows(engine: AsyncEngine, tenant: TenantRecord, table: str) -> i
         return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
 
 
+async def add_trigger(engine: AsyncEngine, schema: str, name: str, body: str, trigger: str) -> None:
+    """A PL/pgSQL trigger function `<schema>.<name>()` running `body`, and the trigger that
+    calls it: `trigger`, its CREATE statement, with `{function}` for the function."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"CREATE FUNCTION {schema}.{name}() RETURNS trigger "
+                f"LANGUAGE plpgsql AS $$ BEGIN {body} END $$"
+            )
+        )
+        await conn.execute(text(trigger.format(function=f"{schema}.{name}()")))
+
+
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"

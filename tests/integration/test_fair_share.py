@@ -28,7 +28,7 @@ from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import TenantSchema
 from tests.factories import make_tenant, post_project
 from tests.metrics_support import parse_samples, value
-from tests.support import assert_problem, eventually, running_app
+from tests.support import add_trigger, assert_problem, eventually, running_app
 
 Headers = dict[str, str]
 
@@ -264,19 +264,14 @@ async def test_a_save_with_the_commit_past_the_statement_timeout_answers_503_kee
         a = await make_tenant(engine, settings)
         headers = auth(a)
         schema = f'"{a.schema}"'
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    f"CREATE FUNCTION {schema}.slow_save() RETURNS trigger "
-                    "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$"
-                )
-            )
-            await conn.execute(
-                text(
-                    f"CREATE TRIGGER slow_save BEFORE UPDATE ON {schema}.idempotency_keys "
-                    f"FOR EACH ROW EXECUTE FUNCTION {schema}.slow_save()"
-                )
-            )
+        await add_trigger(
+            engine,
+            schema,
+            "slow_save",
+            "PERFORM pg_sleep(5); RETURN NEW;",
+            f"CREATE TRIGGER slow_save BEFORE UPDATE ON {schema}.idempotency_keys "
+            "FOR EACH ROW EXECUTE FUNCTION {function}",
+        )
         keyed = {**headers, "Idempotency-Key": "at-commit"}
         started = time.monotonic()
         cancelled = await client.post("/v1/projects", json={"name": "n"}, headers=keyed)

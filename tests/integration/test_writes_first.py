@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.admission import get_admission
@@ -24,7 +23,7 @@ from app.db.repositories.tenants import TenantRecord
 from app.db.tenancy import quote_ident
 from app.services.cache_entries import CacheKey
 from tests.factories import post_project
-from tests.support import assert_problem, count_rows
+from tests.support import add_trigger, assert_problem, count_rows
 
 Headers = dict[str, str]
 EARLY = "application/json"
@@ -208,20 +207,14 @@ async def test_a_write_whose_commit_fails_answers_no_2xx_and_leaves_and_invalida
     # A deferred constraint trigger: the statement (change and event) succeeds, the COMMIT
     # fails. The answer must follow the commit, so it cannot be a 2xx.
     schema = quote_ident(tenant.schema)
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                f"CREATE FUNCTION {schema}.refuse_at_commit() RETURNS trigger "
-                "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
-            )
-        )
-        await conn.execute(
-            text(
-                f"CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON "
-                f"{schema}.audit_events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
-                f"EXECUTE FUNCTION {schema}.refuse_at_commit()"
-            )
-        )
+    await add_trigger(
+        engine,
+        schema,
+        "refuse_at_commit",
+        "RAISE EXCEPTION 'refused at commit';",
+        f"CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON {schema}.audit_events "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {function}",
+    )
     invalidated: list[tuple[CacheKey, ...]] = []
     invalidate: Callable[..., object] = app.state.cache.invalidate
 
