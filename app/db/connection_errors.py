@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncpg.exceptions import InterfaceError, InternalClientError
+from asyncpg.exceptions import InterfaceError, InternalClientError, QueryCanceledError
 
 from app.core.errors import StatementTimeout
 
@@ -37,3 +37,14 @@ def cancelled() -> StatementTimeout:
     return StatementTimeout(
         "A database statement ran past the tenant's statement timeout; nothing changed."
     )
+
+
+def answer_for(exc: BaseException, raw: Any) -> BaseException | None:
+    """What the request answers instead of `exc`, raised by a statement on `raw` (an
+    asyncpg connection): `ConnectionLost` for one refused on a connection the server
+    dropped, `StatementTimeout` for one the tenant's timeout cancelled; None: `exc` itself."""
+    if raw.is_closed() and refused(exc):
+        return lost(exc)
+    if isinstance(exc, QueryCanceledError):
+        return cancelled()
+    return None

@@ -15,14 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from asyncpg.exceptions import InvalidParameterValueError, QueryCanceledError
+from asyncpg.exceptions import InvalidParameterValueError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
 from app.core.errors import TenantNotFoundForToken
-from app.db.connection_errors import cancelled, idle_and_clean, lost, refused
+from app.db.connection_errors import answer_for, idle_and_clean, lost, refused
 from app.db.executor import StatementCache, TenantSession
 from app.db.fair_share import OnBusy, TenantShare, TenantSlots
 from app.db.tenancy import TenantSchema, begin_pinned_sql
@@ -163,20 +163,17 @@ class TenantConnections:
                             "ROLLBACK", timeout=min(timeout, ROLLBACK_TIMEOUT_SECONDS)
                         )
                         ended = True
-                    if raw.is_closed() and refused(exc):
-                        raise lost(exc) from exc
-                    if isinstance(exc, QueryCanceledError):
-                        raise cancelled() from exc
+                    if (answer := answer_for(exc, raw)) is not None:
+                        raise answer from exc
                     raise
                 parked = read_only and not retire and self._park(pooled, owes_commit=True)
                 if not parked:
                     try:
                         await raw.execute(session.commit_sql(), timeout=timeout)
                     except Exception as exc:
-                        if raw.is_closed() and refused(exc):
-                            raise lost(exc) from exc
-                        if isinstance(exc, QueryCanceledError):  # what rode with the COMMIT
-                            raise cancelled() from exc
+                        # A statement that rode with the COMMIT may be cancelled too.
+                        if (answer := answer_for(exc, raw)) is not None:
+                            raise answer from exc
                         raise
                     ended = True
             finally:
@@ -229,8 +226,8 @@ class TenantConnections:
                         # The tenant's role is gone: deleted while this replica's registry
                         # entry (at most about a second behind) still had it.
                         raise TenantNotFoundForToken("The token's tenant does not exist.") from exc
-                    if isinstance(exc, QueryCanceledError):  # `first`, past the plan's timeout
-                        raise cancelled() from exc
+                    if (answer := answer_for(exc, raw)) is not None:  # `first`, cancelled
+                        raise answer from exc
                     raise
                 await self._discard_dead(pooled)
                 if attempt == 0 and isinstance(exc, Exception):
